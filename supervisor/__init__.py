@@ -1,0 +1,7 @@
+"""farmhand: a declarative host bootstrapper and runtime supervisor for LlamaFarm hosts.
+
+Data flows one way: facts (detect) -> profile (match) -> plan (steps) -> converge (apply)
+-> ledger (state) -> supervisor (run). Each arrow is one module; see docs/architecture.md.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,159 @@
+"""Talking to the supervisor from the CLI: find it, read its health, start it, stop it.
+
+`up` starts `farmhand run` detached (its own session, output to logs/supervisor.log) and
+returns once every runtime is ready or one has failed. `down` signals the recorded supervisor
+(identity-checked), waits for it and for the ports, and reaps what a killed supervisor left.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import FarmhandError
+from .paths import Paths
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def supervisor_record(paths: Paths) -> dict | None:
+    """The running supervisor's address record, if that very process still runs."""
+    record = _read_json(paths.supervisor_address)
+    if not record:
+        return None
+    from .process import Identity, is_alive
+
+    return record if is_alive(Identity.from_json(record)) else None
+
+
+def health(paths: Paths, timeout: float = 2.0) -> dict | None:
+    record = _read_json(paths.supervisor_address)
+    if not record:
+        return None
+    conn = http.client.HTTPConnection(record["host"], record["port"], timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        body = json.loads(conn.getresponse().read())
+        return body if body.get("supervisor", {}).get("pid") == record["pid"] else None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+def up(paths: Paths, report, timeout: float | None = None) -> dict:
+    """Start the supervisor unless it runs; wait until every runtime is ready or one failed."""
+    specs = _read_json(paths.runtimes)
+    if not specs:
+        raise FarmhandError(f"nothing to run: no runtime specs at {paths.runtimes}; run `farmhand apply` first")
+    if timeout is None:
+        timeout = max(r["start_timeout_s"] for r in specs["runtimes"]) + 10
+    child = None
+    if supervisor_record(paths) is None:
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        log = open(paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+        child = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "run"], stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+            env=os.environ | {"FARMHAND_DETACHED": "1", **({"FARMHAND_SYSTEM": "1"} if paths.mode == "system" else {})},
+        )
+        log.close()
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        body = health(paths, timeout=1.0)
+        if body is not None and body["status"] in ("ok", "failed"):
+            break
+        if child is not None and child.poll() is not None and supervisor_record(paths) is None:
+            tail = _tail(paths.logs / "supervisor.log", 10)
+            raise FarmhandError(f"the supervisor exited (code {child.returncode}) before its runtimes were ready:\n{tail}")
+        if time.monotonic() > deadline:
+            raise FarmhandError(f"runtimes not ready after {timeout:.0f}s; see `farmhand status` and `farmhand logs`")
+        time.sleep(delay)
+        delay = min(delay * 1.3, 0.02)
+    if child is not None:
+        _reap_later(child)
+    if body["status"] == "failed":
+        failed = [r for r in body["runtimes"] if r["state"] == "failed"]
+        lines = []
+        for r in failed:
+            lines.append(f"{r['name']}: {r['last_error']}")
+            lines += [f"  | {line}" for line in r.get("log_tail", [])[-5:]]
+        from .errors import Conflict
+
+        err = Conflict if any("held by" in (r["last_error"] or "") for r in failed) else FarmhandError
+        raise err("runtime failed: " + "\n".join(lines))
+    return body
+
+
+def _reap_later(child: subprocess.Popen) -> None:
+    # The supervisor outlives this process; Popen's destructor must not warn about it.
+    child.returncode = 0
+
+
+def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
+    """Stop the supervisor and its runtimes. Idempotent: nothing running is success."""
+    from . import ports, process
+
+    t0 = time.monotonic()
+    record = supervisor_record(paths)
+    specs = _read_json(paths.runtimes) or {"runtimes": []}
+    result = {"stopped": False, "reaped": [], "seconds": 0.0}
+    if record is not None:
+        ident = process.Identity.from_json(record)
+        os.kill(ident.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while process.is_alive(ident) and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.01)
+        if process.is_alive(ident):
+            os.kill(ident.pid, signal.SIGKILL)
+        result["stopped"] = True
+    # Whatever a killed supervisor left behind (identity-checked, never a stranger).
+    leftovers = (_read_json(paths.state / "processes.json") or {}).get("runtimes", {})
+    if leftovers:
+        result["reaped"] = process.reap_leftovers(list(leftovers.values()))
+        (paths.state / "processes.json").unlink(missing_ok=True)
+    if record is None or not process.is_alive(process.Identity.from_json(record)):
+        paths.supervisor_address.unlink(missing_ok=True)
+        if paths.supervisor_lock.exists() and not _lock_held(paths.supervisor_lock):
+            paths.supervisor_lock.unlink(missing_ok=True)
+    for runtime in specs["runtimes"]:
+        ports.wait_free(runtime["port"], 5.0)
+    result["seconds"] = round(time.monotonic() - t0, 4)
+    return result
+
+
+def _lock_held(path: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

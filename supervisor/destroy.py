@@ -1,0 +1,65 @@
+"""`farmhand destroy`: stop everything, then remove exactly what the ledger says farmhand made.
+
+Models stay unless --purge-models (they are expensive to fetch again). llamafarm.yaml is
+deleted only if farmhand created it and nobody changed it since; otherwise farmhand's runtime
+entries are taken out and the user's file stays.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import client, config, models
+from .ledger import Ledger
+from .paths import Paths
+
+
+def destroy(paths: Paths, purge_models: bool = False) -> dict:
+    client.down(paths)
+    ledger = Ledger(paths.ledger)
+    removed, kept = [], []
+    cfg = ledger.data.get("config", {})
+    if cfg.get("path") and Path(cfg["path"]).exists():
+        path = Path(cfg["path"])
+        if cfg.get("created") and models.sha256_file(path) == cfg.get("sha256"):
+            path.unlink()
+            removed.append(str(path))
+        else:
+            config.write_merged(path, _empty_runtime_doc(), set(cfg.get("managed", [])))
+            kept.append(f"{path} (farmhand's runtime entries removed; the rest is yours)")
+    model_paths = {r["path"] for r in ledger.resources() if r["kind"] == "model"}
+    for resource in reversed(ledger.resources()):
+        path = Path(resource["path"])
+        if resource["kind"] == "model" and not purge_models:
+            kept.append(str(path))
+            continue
+        if resource["kind"] == "dir" and any(p.startswith(str(path) + "/") for p in model_paths) and not purge_models:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        removed.append(str(path))
+    # State farmhand keeps outside the resource list: ledger, specs, logs, supervisor files.
+    for path in (paths.logs, paths.runtimes, paths.ledger, paths.state / "processes.json",
+                 paths.supervisor_address, paths.supervisor_lock, paths.cache / "memo.json"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    for root in [paths.state, paths.config, paths.cache, paths.data / "backends", paths.data] + (
+            [paths.models] if purge_models else []):
+        _remove_if_empty(root)
+    return {"removed": removed, "kept": kept}
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _empty_runtime_doc() -> str:
+    return "version: v1\nname: x\nnamespace: default\nruntime:\n  models: []\n"

@@ -1,0 +1,57 @@
+"""A small content-addressed memo in farmhand's cache dir, for work a no-op run must not repeat.
+
+Keys are digests of everything the result depends on (a document and its schema; a template
+and its inputs), so a stale entry can never be returned: changed input, new key. Used to skip
+jsonschema validation and jinja2 rendering of unchanged inputs (each import costs tens of ms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+_file: Path | None = None
+_data: dict | None = None
+MAX_ENTRIES = 256
+
+
+def configure(path: Path | None) -> None:
+    global _file, _data
+    _file, _data = path, None
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _load() -> dict:
+    global _data
+    if _data is None:
+        try:
+            _data = json.loads(_file.read_text()) if _file else {}
+        except (FileNotFoundError, json.JSONDecodeError):
+            _data = {}
+    return _data
+
+
+def remember(namespace: str, key: str, compute: Callable[[], object]) -> object:
+    """compute() once per (namespace, key); later calls (and later runs) read it back."""
+    data = _load()
+    full = f"{namespace}:{key}"
+    if full in data:
+        return data[full]
+    value = compute()
+    data[full] = value
+    if _file is not None:
+        from .ledger import atomic_write
+
+        if len(data) > MAX_ENTRIES:
+            for old in list(data)[: len(data) - MAX_ENTRIES]:
+                del data[old]
+        try:
+            atomic_write(_file, json.dumps(data), 0o600)
+        except OSError:
+            pass  # a read-only cache only costs speed
+    return value

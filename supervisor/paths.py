@@ -1,0 +1,90 @@
+"""Where farmhand keeps things: one object that every other module asks.
+
+User mode follows the XDG base directories (platformdirs), `--system` uses the FHS locations,
+and FARMHAND_HOME relocates everything below one directory (tests and portable installs).
+Nothing else in the code builds a path under farmhand's directories by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP = "farmhand"
+
+
+@dataclass(frozen=True)
+class Paths:
+    data: Path  # backends' prefixes and the model store
+    state: Path  # ledger, logs, pid/lock files, supervisor address
+    config: Path  # user overrides, supervisor settings
+    cache: Path  # built wheels and other reproducible artifacts
+    mode: str  # "home" | "user" | "system"
+
+    @property
+    def backends(self) -> Path:
+        return self.data / "backends"
+
+    @property
+    def models(self) -> Path:
+        return self.data / "models"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def ledger(self) -> Path:
+        return self.state / "ledger.json"
+
+    @property
+    def runtimes(self) -> Path:
+        """The runtime specs apply rendered; the supervisor runs what is here."""
+        return self.state / "runtimes.json"
+
+    @property
+    def supervisor_lock(self) -> Path:
+        return self.state / "supervisor.lock"
+
+    @property
+    def supervisor_address(self) -> Path:
+        return self.state / "supervisor.json"
+
+    @property
+    def overrides(self) -> Path:
+        return self.config / "overrides.yaml"
+
+    @property
+    def wheelhouse(self) -> Path:
+        """Built backend wheels, keyed by build flags. FARMHAND_WHEELHOUSE moves it (tests keep
+        it inside the checkout so one clone builds llama-server once)."""
+        env = os.environ.get("FARMHAND_WHEELHOUSE")
+        return Path(env) if env else self.cache / "wheels"
+
+    def roots(self) -> list[Path]:
+        return [self.data, self.state, self.config, self.cache]
+
+
+def resolve(system: bool = False) -> Paths:
+    home = os.environ.get("FARMHAND_HOME")
+    if home:
+        root = Path(home).expanduser().resolve()
+        return Paths(root / "data", root / "state", root / "config", root / "cache", "home")
+    if system:
+        return Paths(
+            Path("/opt") / APP,
+            Path("/var/lib") / APP,
+            Path("/etc") / APP,
+            Path("/var/cache") / APP,
+            "system",
+        )
+    import platformdirs
+
+    return Paths(
+        Path(platformdirs.user_data_dir(APP)),
+        Path(platformdirs.user_state_dir(APP)),
+        Path(platformdirs.user_config_dir(APP)),
+        Path(platformdirs.user_cache_dir(APP)),
+        "user",
+    )

@@ -1,0 +1,180 @@
+"""Processes: identity, spawning, and the OS-specific stop beside them.
+
+Identity is pid + create_time (+ session id): a recycled pid never matches, so farmhand never
+signals a process it did not start. Each runtime is the leader of its own session, so one
+killpg reaches everything it forked. On Linux children get PR_SET_PDEATHSIG (they die with the
+supervisor) and the supervisor is a child subreaper (orphaned grandchildren come back to it);
+what survives a SIGKILLed supervisor anyway (a grandchild, which PDEATHSIG does not cover) is
+found by its session id on the next start and reaped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import psutil
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_prctl = _libc.prctl if _libc is not None else None
+
+
+@dataclass(frozen=True)
+class Identity:
+    pid: int
+    create_time: float
+    sid: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> Identity:
+        return cls(int(data["pid"]), float(data["create_time"]), int(data.get("sid", data["pid"])))
+
+
+def identity_of(pid: int) -> Identity | None:
+    try:
+        proc = psutil.Process(pid)
+        return Identity(pid, proc.create_time(), os.getsid(pid))
+    except (psutil.Error, OSError):
+        return None
+
+
+def is_alive(ident: Identity) -> bool:
+    """The very process we recorded is still running (not a zombie, not a recycled pid)."""
+    try:
+        proc = psutil.Process(ident.pid)
+        return abs(proc.create_time() - ident.create_time) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def session_members(ident: Identity) -> list[psutil.Process]:
+    """Live processes in the session `ident` led, started no earlier than it (so ours).
+
+    Linux does not hand out a pid that is still some session's id, so while any member lives
+    the session id cannot belong to anyone else."""
+    members = []
+    for proc in psutil.process_iter(["pid", "create_time", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+                continue
+            if os.getsid(proc.pid) == ident.sid and proc.info["create_time"] >= ident.create_time - 0.05:
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
+def become_subreaper() -> bool:
+    if _prctl is None:
+        return False
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(argv: list[str], env: dict[str, str], stdout) -> subprocess.Popen:
+    """Start argv as the leader of a new session; it dies if the spawning thread dies."""
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_child_setup,  # noqa: PLW1509 - a prebound prctl call, nothing else
+        close_fds=True,
+    )
+
+
+def signal_session(ident: Identity, sig: int) -> int:
+    """Send `sig` to every live member of the runtime's session; how many were signalled."""
+    sent = 0
+    try:
+        os.killpg(ident.sid, sig)  # the leader's group: reaches the common case in one call
+        sent += 1
+    except ProcessLookupError:
+        pass
+    for proc in session_members(ident):  # members that moved to their own process group
+        try:
+            proc.send_signal(sig)
+            sent += 1
+        except psutil.Error:
+            pass
+    return sent
+
+
+def stop_session(ident: Identity, popen: subprocess.Popen | None, sig: int, grace_s: float) -> dict:
+    """Stop a runtime: `sig` to its session, `grace_s` to go, then SIGKILL; returns timings."""
+    t0 = time.monotonic()
+    signal_session(ident, sig)
+    deadline = t0 + grace_s
+    killed = False
+    while True:
+        leader_done = _leader_exited(ident, popen)
+        if leader_done and not session_members(ident):
+            break
+        if time.monotonic() >= deadline:
+            if not killed:
+                signal_session(ident, signal.SIGKILL)
+                killed = True
+                deadline = time.monotonic() + 5.0
+            else:
+                break
+        reap_zombies()
+        time.sleep(0.002 if time.monotonic() - t0 < 0.05 else 0.01)
+    reap_zombies()
+    return {"stopped_after_s": round(time.monotonic() - t0, 4), "killed": killed}
+
+
+def _leader_exited(ident: Identity, popen: subprocess.Popen | None) -> bool:
+    if popen is not None:
+        return popen.poll() is not None
+    return not is_alive(ident)
+
+
+def reap_zombies(keep: set[int] = frozenset()) -> list[int]:
+    """waitpid the zombies among our children, except those a Popen object will reap."""
+    reaped = []
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return reaped
+    for child in children:
+        if child.pid in keep:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+                reaped.append(child.pid)
+        except (psutil.Error, ChildProcessError, OSError):
+            continue
+    return reaped
+
+
+def reap_leftovers(records: list[dict]) -> list[int]:
+    """Kill what a dead supervisor left: every recorded session's live members (identity-checked)."""
+    killed = []
+    for record in records:
+        ident = Identity.from_json(record)
+        members = session_members(ident)
+        for proc in members:
+            try:
+                proc.kill()
+                killed.append(proc.pid)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(members, timeout=5)
+    return killed

@@ -1,0 +1,257 @@
+"""Profiles: declarative YAML in profiles/, matched against host facts.
+
+A profile's `match` is a set of named rules; each rule explains itself whether it holds or
+fails ("vram_gib >= 40: best NVIDIA GPU has 24.0 GiB"), so `plan --explain` can say why every
+profile was or was not chosen. The highest-priority profile whose rules all hold wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import yamlio
+from .errors import BadInput
+
+GIB = 1024**3
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+RESERVED_PORTS = {8000: "LlamaFarm's own server"}
+
+
+@dataclass
+class Rule:
+    name: str
+    holds: bool
+    why: str
+
+
+@dataclass
+class Match:
+    profile: dict
+    rules: list[Rule] = field(default_factory=list)
+
+    @property
+    def holds(self) -> bool:
+        return all(r.holds for r in self.rules)
+
+    def summary(self) -> str:
+        if self.holds:
+            return "; ".join(r.why for r in self.rules) or "matches any host"
+        first = next(r for r in self.rules if not r.holds)
+        return f"{first.name}: {first.why}"
+
+
+def load_profiles(directory: Path = PROFILES_DIR) -> list[dict]:
+    from .backends import get_backend
+
+    profiles = []
+    for path in sorted(Path(directory).glob("*.yaml")):
+        doc = yamlio.load_file(path)
+        yamlio.validate(doc, "profile", str(path))
+        get_backend(doc["backend"]["name"], source=f"{path}: backend.name")
+        check_ports(doc, str(path))
+        doc["_source"] = str(path)
+        profiles.append(doc)
+    if not profiles:
+        raise BadInput(f"{directory}: no profiles (*.yaml) found")
+    return sorted(profiles, key=lambda p: -p["priority"])
+
+
+def check_ports(profile: dict, source: str) -> None:
+    for key, port in (("backend.port", profile["backend"].get("port")),
+                      ("supervisor.port", profile.get("supervisor", {}).get("port"))):
+        if port in RESERVED_PORTS:
+            raise BadInput(f"{source}: {key}: port {port} is reserved for {RESERVED_PORTS[port]}")
+
+
+def apply_overrides(profile: dict, overrides: dict | None, source: str) -> dict:
+    """Merge user overrides on top of a profile and validate the result."""
+    if not overrides:
+        return profile
+    merged = yamlio.deep_merge({k: v for k, v in profile.items() if not k.startswith("_")}, overrides)
+    yamlio.validate(merged, "profile", f"{source} (merged onto profile {profile['name']})")
+    from .backends import get_backend
+
+    get_backend(merged["backend"]["name"], source=f"{source}: backend.name")
+    check_ports(merged, source)
+    merged["_source"] = profile.get("_source", "")
+    return merged
+
+
+# --- match rules -------------------------------------------------------------------------------
+
+def _gib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / GIB:.1f} GiB"
+
+
+def usable_gpus(facts: dict, vendors: list[str] | None = None) -> list[dict]:
+    """GPUs with a working driver (known VRAM), optionally of some vendors."""
+    gpus = [g for g in facts.get("gpus", []) if g.get("vram_bytes")]
+    if vendors:
+        gpus = [g for g in gpus if g["vendor"] in vendors]
+    return gpus
+
+
+def best_gpu(facts: dict, vendors: list[str] | None = None) -> dict | None:
+    gpus = usable_gpus(facts, vendors)
+    return max(gpus, key=lambda g: g["vram_bytes"]) if gpus else None
+
+
+def _in_range(value: float | None, spec: dict) -> bool:
+    if value is None:
+        return False
+    return value >= spec.get("min", float("-inf")) and value <= spec.get("max", float("inf"))
+
+
+def _range_text(name: str, spec: dict) -> str:
+    parts = []
+    if "min" in spec:
+        parts.append(f">= {spec['min']}")
+    if "max" in spec:
+        parts.append(f"<= {spec['max']}")
+    return f"{name} {' and '.join(parts)}"
+
+
+def _rule_os(spec, facts, match):
+    system = (facts.get("os", {}).get("system") or "").lower()
+    return system in spec, f"os is {system or 'unknown'}"
+
+
+def _rule_arch(spec, facts, match):
+    arch = facts.get("os", {}).get("arch")
+    return arch in spec, f"arch is {arch}"
+
+
+def _rule_gpu_vendor(spec, facts, match):
+    present = [g for g in facts.get("gpus", []) if g["vendor"] in spec]
+    if not present:
+        have = sorted({g["vendor"] for g in facts.get("gpus", [])}) or ["none"]
+        return False, f"no {'/'.join(spec)} GPU (GPUs: {', '.join(have)})"
+    names = ", ".join(sorted({g["name"] for g in present}))
+    return True, f"{len(present)}x {names}"
+
+
+def _rule_gpu_driver(spec, facts, match):
+    vendors = match.get("gpu_vendor")
+    present = [g for g in facts.get("gpus", []) if not vendors or g["vendor"] in vendors]
+    working = usable_gpus(facts, vendors)
+    if spec:
+        return bool(working), ("driver working" if working else
+                               "GPU present, no driver" if present else "no GPU")
+    return not working and bool(present), ("GPU without driver" if present and not working else "driver working")
+
+
+def _rule_vram(spec, facts, match):
+    gpu = best_gpu(facts, match.get("gpu_vendor"))
+    vram = gpu["vram_bytes"] / GIB if gpu else None
+    text = _range_text("vram_gib", spec)
+    if gpu is None:
+        return False, f"{text}: no GPU with known VRAM"
+    return _in_range(vram, spec), f"{text}: {gpu['name']} has {_gib(gpu['vram_bytes'])}"
+
+
+def _rule_ram(spec, facts, match):
+    total = facts.get("memory", {}).get("total_bytes")
+    return _in_range(total / GIB if total else None, spec), f"{_range_text('ram_gib', spec)}: RAM {_gib(total)}"
+
+
+def _rule_rocm(spec, facts, match):
+    amd = [g for g in facts.get("gpus", []) if g["vendor"] == "amd"]
+    supported = [g for g in amd if g.get("rocm_supported")]
+    holds = bool(supported) if spec else bool(amd) and not supported
+    targets = ", ".join(str(g.get("gfx_target")) for g in amd) or "no AMD GPU"
+    return holds, f"rocm_supported is {spec}: gfx {targets}"
+
+
+def _rule_npu(spec, facts, match):
+    npus = [n for n in facts.get("npus", []) if n["vendor"] in spec and "note" not in n]
+    if npus:
+        return True, f"NPU {npus[0]['name']}"
+    unloaded = [n for n in facts.get("npus", []) if n["vendor"] in spec]
+    return False, "NPU present but no driver loaded" if unloaded else "no NPU"
+
+
+def _rule_no_accel(spec, facts, match):
+    gpus = usable_gpus(facts)
+    npus = [n for n in facts.get("npus", []) if "note" not in n]
+    none = not gpus and not npus
+    what = ", ".join(g["name"] for g in gpus) or ("NPU" if npus else "none usable")
+    return none == spec, f"accelerators: {what}"
+
+
+RULES: dict[str, Callable[[object, dict, dict], tuple[bool, str]]] = {
+    "os": _rule_os,
+    "arch": _rule_arch,
+    "gpu_vendor": _rule_gpu_vendor,
+    "gpu_driver": _rule_gpu_driver,
+    "vram_gib": _rule_vram,
+    "ram_gib": _rule_ram,
+    "rocm_supported": _rule_rocm,
+    "npu_vendor": _rule_npu,
+    "no_accelerator": _rule_no_accel,
+}
+
+
+def evaluate(profile: dict, facts: dict) -> Match:
+    result = Match(profile)
+    for name, spec in profile.get("match", {}).items():
+        holds, why = RULES[name](spec, facts, profile["match"])
+        result.rules.append(Rule(name, holds, why))
+    return result
+
+
+def choose(profiles: list[dict], facts: dict, forced: str | None = None) -> tuple[Match, list[Match]]:
+    """The winning profile and every profile's evaluation (for --explain)."""
+    matches = [evaluate(p, facts) for p in profiles]
+    if forced:
+        for m in matches:
+            if m.profile["name"] == forced:
+                m.rules.insert(0, Rule("forced", True, "--profile " + forced))
+                return m, matches
+        known = ", ".join(p["name"] for p in profiles)
+        raise BadInput(f"unknown profile {forced!r}; known profiles: {known}")
+    for m in matches:
+        if m.holds:
+            return m, matches
+    raise BadInput("no profile matches this host (add a catch-all profile with an empty match)")
+
+
+# --- model choice --------------------------------------------------------------------------------
+
+def memory_budget(profile: dict, facts: dict) -> tuple[int | None, str]:
+    """Bytes a model may use: VRAM of the best matched GPU, else ~70% of RAM for CPU hosts."""
+    vendors = profile.get("match", {}).get("gpu_vendor")
+    if vendors and profile["backend"].get("variant") not in ("cpu", None):
+        gpu = best_gpu(facts, vendors)
+        if gpu:
+            return gpu["vram_bytes"], f"{gpu['name']} {_gib(gpu['vram_bytes'])} VRAM"
+    total = facts.get("memory", {}).get("total_bytes")
+    if total is None:
+        return None, "RAM unknown"
+    return int(total * 0.7), f"70% of {_gib(total)} RAM"
+
+
+def model_memory(model: dict) -> int:
+    if "memory_gib" in model:
+        return int(model["memory_gib"] * GIB)
+    return int(model["size_bytes"] * 1.25)
+
+
+def choose_model(profile: dict, facts: dict, available: Callable[[dict], tuple[bool, str]]) -> tuple[dict, list[str]]:
+    """First model that fits the budget and can be had; the reasons the others were skipped.
+
+    `available(model)` says whether a model is in the store or a source answers, and why not.
+    """
+    budget, budget_text = memory_budget(profile, facts)
+    skipped = []
+    for model in profile["models"]:
+        need = model_memory(model)
+        if budget is not None and need > budget:
+            skipped.append(f"{model['name']}: needs {_gib(need)}, budget {_gib(budget)} ({budget_text})")
+            continue
+        ok, why = available(model)
+        if ok:
+            return model, skipped
+        skipped.append(f"{model['name']}: {why}")
+    raise BadInput(f"profile {profile['name']}: no model fits and can be fetched: " + "; ".join(skipped))

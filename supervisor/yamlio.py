@@ -1,0 +1,77 @@
+"""Loading YAML and validating documents, with errors that name the file and the line.
+
+Schemas live in supervisor/schemas/. Validation errors name the document path
+("backend.port: 70000 is greater than the maximum of 65535") so a user can find the key.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BadInput
+
+SCHEMAS = Path(__file__).parent / "schemas"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_text(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(f"{where}: malformed YAML: {problem}") from None
+
+
+def load_file(path: Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such file") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+    return load_text(text, str(path))
+
+
+@functools.cache
+def schema(name: str) -> dict:
+    return load_file(SCHEMAS / f"{name}.schema.yaml")
+
+
+def validate(document: Any, schema_name: str, source: str) -> None:
+    """Raise BadInput naming the first (deepest) problem, or return quietly.
+
+    A document already found valid against the same schema is not validated again."""
+    from . import memo
+
+    key = memo.digest(document, schema(schema_name))
+    problem = memo.remember("valid", key, lambda: _first_problem(document, schema_name))
+    if problem:
+        raise BadInput(f"{source}: {problem}")
+
+
+def _first_problem(document: Any, schema_name: str) -> str | None:
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(schema(schema_name))
+    errors = sorted(validator.iter_errors(document), key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        err = errors[0]
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        return f"{where}: {err.message}"
+    return None
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Helm-values style: mappings merge key by key, anything else in `override` replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base.get(key), value) if key in base else value
+        return merged
+    return override
