@@ -132,7 +132,7 @@ def _overrides(paths, path: str | None):
     return data, str(file)
 
 
-def _make_plan(ctx, *, profile, overrides, port, reselect, facts):
+def _make_plan(ctx, *, profile, overrides, port, reselect, facts, profiles_dir=None):
     from . import plan as planmod
     from .ledger import Ledger
 
@@ -140,7 +140,7 @@ def _make_plan(ctx, *, profile, overrides, port, reselect, facts):
     ledger = Ledger(paths.ledger)
     data, source = _overrides(paths, overrides)
     built = planmod.build(paths, facts, ledger, profile_name=profile, overrides=data, overrides_source=source,
-                          port=port, reselect=reselect)
+                          port=port, reselect=reselect, **({"profiles_dir": Path(profiles_dir)} if profiles_dir else {}))
     return paths, ledger, built
 
 
@@ -153,6 +153,8 @@ def _plan_options(fn):
     fn = click.option("--project-dir", type=click.Path(file_okay=False), default=".",
                       help="LlamaFarm project directory for llamafarm.yaml.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+    fn = click.option("--profiles-dir", type=click.Path(file_okay=False), envvar="FARMHAND_PROFILES_DIR",
+                      help="Read profiles from here instead of the bundled profiles/.")(fn)
     return fn
 
 
@@ -163,7 +165,8 @@ def _plan_options(fn):
 @click.option("--replay", type=click.Path(exists=True, file_okay=False), help="Plan for a recorded host.")
 @click.option("--detailed-exitcode", is_flag=True, help=f"Exit {EXIT_CHANGES_PENDING} when the plan would change something.")
 @click.pass_context
-def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, explain, facts_file, replay, detailed_exitcode):
+def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, explain, facts_file, replay,
+         detailed_exitcode):
     """Show the chosen profile, why it matched, and each step: will change / up to date."""
     from . import plan as planmod
     from .progress import Reporter
@@ -172,7 +175,7 @@ def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, explain,
     facts = gather_facts(_paths(ctx), replay=replay, facts_file=facts_file)
     foreign = bool(replay or facts_file)
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
-                                      facts=facts)
+                                      facts=facts, profiles_dir=profiles_dir)
     statuses = None
     if not foreign:
         os.chdir(project_dir)
@@ -206,7 +209,7 @@ def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, explain,
 @_plan_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (implied when stdin is not a terminal).")
 @click.pass_context
-def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, yes):
+def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, yes):
     """Converge this host to the plan: install, fetch, configure, start. Idempotent."""
     import time
 
@@ -218,7 +221,7 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, yes):
     os.chdir(project_dir)
     facts = gather_facts(_paths(ctx))
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
-                                      facts=facts)
+                                      facts=facts, profiles_dir=profiles_dir)
     report = Reporter(quiet=False)
     context = Context(paths, ledger, report, Path(".").resolve())
     statuses = planmod.evaluate(built, context)

@@ -7,6 +7,7 @@ entries are taken out and the user's file stays.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,16 @@ def destroy(paths: Paths, purge_models: bool = False) -> dict:
         elif path.exists() or path.is_symlink():
             path.unlink()
         removed.append(str(path))
+    if purge_models:
+        ledger.store_index.unlink(missing_ok=True)
+    elif kept_models := [r for r in ledger.resources() if r["kind"] == "model" and Path(r["path"]).exists()]:
+        dirs = [r for r in ledger.resources() if r["kind"] == "dir" and any(
+            m["path"].startswith(r["path"] + "/") for m in kept_models)]
+        index = {"resources": dirs + kept_models,
+                 "artifacts": {k: v for k, v in ledger.data["artifacts"].items() if k.startswith("model:")}}
+        from .ledger import atomic_write
+
+        atomic_write(ledger.store_index, json.dumps(index, indent=1) + "\n", 0o644)
     # State farmhand keeps outside the resource list: ledger, specs, logs, supervisor files.
     for path in (paths.logs, paths.runtimes, paths.ledger, paths.state / "processes.json",
                  paths.supervisor_address, paths.supervisor_lock, paths.cache / "memo.json"):

@@ -53,6 +53,19 @@ class Ledger:
 
                 raise BadInput(f"{self.path}:{exc.lineno}: ledger is not valid JSON ({exc.msg})") from None
             self.data.update(loaded)
+        elif self.store_index.exists():
+            # After `destroy` without --purge-models only the model store is left; its index
+            # lets a later apply trust those files and a later destroy purge them.
+            try:
+                kept = json.loads(self.store_index.read_text())
+                self.data["resources"] = kept.get("resources", [])
+                self.data["artifacts"] = kept.get("artifacts", {})
+            except json.JSONDecodeError:
+                pass
+
+    @property
+    def store_index(self) -> Path:
+        return self.path.parent.parent / "data" / "models" / "store.json"
 
     # resources ---------------------------------------------------------------------------------
     def add_resource(self, kind: str, path: Path, step: str) -> None:

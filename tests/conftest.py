@@ -1,0 +1,121 @@
+"""Shared test helpers: run the real CLI in a subprocess against a temp FARMHAND_HOME, free
+ports, conditions with deadlines (never fixed sleeps), and a check that every test leaves no
+process of its farmhand home behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE = REPO / "tests" / "fakes" / "fake_runtime.py"
+FIXTURES = REPO / "tests" / "fixtures"
+# Built llama-server wheels live inside the checkout (ignored by git): a fresh clone always
+# exercises the real build once, and every later test reuses it.
+WHEELHOUSE = REPO / ".cache" / "wheels"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+
+
+def home_processes(home: Path) -> list[psutil.Process]:
+    """Every live process that belongs to this farmhand home (by env or command line)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+                continue
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.environ().get("FARMHAND_HOME", "") if str(home) not in cmd else str(home)
+            if str(home) in cmd or env == str(home):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+class Farmhand:
+    """The CLI as a user runs it, bound to one FARMHAND_HOME."""
+
+    def __init__(self, home: Path, project: Path):
+        self.home, self.project = home, project
+        self.env = os.environ | {"FARMHAND_HOME": str(home), "FARMHAND_WHEELHOUSE": str(WHEELHOUSE),
+                                 "PYTHONUNBUFFERED": "1"}
+        self.env.pop("NOTIFY_SOCKET", None)
+
+    def run(self, *args: str, timeout: float = 900, check: bool | None = None, env: dict | None = None):
+        proc = subprocess.run([sys.executable, "-m", "supervisor", *args], cwd=self.project, env=self.env | (env or {}),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"farmhand {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str, **kw) -> dict:
+        proc = self.run(*args, "--json", check=True, **kw)
+        return json.loads(proc.stdout)
+
+    def write_specs(self, runtimes: list[dict], supervisor_port: int = 0) -> None:
+        state = self.home / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "runtimes.json").write_text(json.dumps(
+            {"supervisor": {"host": "127.0.0.1", "port": supervisor_port}, "runtimes": runtimes, "digest": "test"}))
+
+
+def fake_spec(name: str, port: int, *flags: str, grace_s: float = 2.0, max_failures: int = 5,
+              start_timeout_s: float = 20.0, backoff: float = 0.05) -> dict:
+    return {
+        "name": name, "backend": "fake", "argv": [sys.executable, str(FAKE), "--port", str(port), *flags],
+        "env": {}, "port": port, "base_url": f"http://127.0.0.1:{port}",
+        "readiness": {"url": f"http://127.0.0.1:{port}/health", "expect": 200},
+        "stop_signal": "SIGTERM", "grace_s": grace_s, "start_timeout_s": start_timeout_s,
+        "restart": {"max_failures": max_failures, "window_s": 60, "backoff_initial_s": backoff, "backoff_max_s": 1},
+        "models": ["fake"],
+    }
+
+
+@pytest.fixture
+def farmhand(tmp_path):
+    home, project = tmp_path / "home", tmp_path / "project"
+    project.mkdir()
+    fh = Farmhand(home, project)
+    yield fh
+    fh.run("down", timeout=120)
+    leftovers = home_processes(home)
+    for proc in leftovers:
+        proc.kill()
+    assert not leftovers, f"test left processes behind: {[p.cmdline() for p in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def llama_wheel():
+    """Build llama-server with farmhand's own installer, once per checkout (minutes the first time)."""
+    from supervisor.backends.llama_server import LlamaServer
+    from supervisor.progress import Reporter
+
+    backend = LlamaServer()
+    spec = backend.install_spec({"backend": {"name": "llama-server", "variant": "cpu"}})
+    return backend.build_wheel(spec, WHEELHOUSE, Reporter(stream=sys.stderr))

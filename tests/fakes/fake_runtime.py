@@ -1,0 +1,72 @@
+"""A small real server standing in for backends that cannot run here (Ollama, Lemonade, vLLM)
+and for fault injection. It speaks the documented health endpoints on loopback:
+GET /health (llama-server, vLLM), GET /api/version and /api/tags (Ollama), GET /api/v1/health
+(Lemonade). Flags make it misbehave the ways the supervisor must survive.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--ready-after", type=float, default=0.0, help="answer 503 until then")
+parser.add_argument("--crash-after", type=float, default=None, help="exit 1 this long after start")
+parser.add_argument("--exit-immediately", action="store_true")
+parser.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM (needs SIGKILL)")
+parser.add_argument("--fork-child", action="store_true", help="leave a background child in the session")
+parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+args = parser.parse_args()
+
+if args.child:  # the background child: lives until signalled
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        time.sleep(3600)
+
+print(f"fake runtime pid {os.getpid()} port {args.port}", flush=True)
+if args.exit_immediately:
+    print("fatal: exiting at once", flush=True)
+    sys.exit(3)
+if args.ignore_term:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if args.fork_child:
+    subprocess.Popen([sys.executable, __file__, "--port", "0", "--child"], stdout=subprocess.DEVNULL)
+started = time.monotonic()
+if args.crash_after is not None:
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(1))
+    signal.setitimer(signal.ITIMER_REAL, args.crash_after)
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        ready = time.monotonic() - started >= args.ready_after
+        routes = {
+            "/health": {"status": "ok"},
+            "/api/version": {"version": "0.12.0-fake"},
+            "/api/tags": {"models": []},
+            "/api/v1/health": {"status": "ok"},
+        }
+        body = routes.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        code = 200 if ready else 503
+        if not ready:
+            body = {"error": {"code": 503, "message": "Loading model"}}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *a):
+        pass
+
+
+HTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
