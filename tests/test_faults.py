@@ -1,0 +1,184 @@
+"""The supervisor's fault suite. Each fault is repeated FARMHAND_FAULT_REPEAT times (20 in
+`make test`, 200 in `make bench-faults`) and the clean count is printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import FAKE, fake_spec, free_port, home_processes, wait_for
+
+REPEAT = int(os.environ.get("FARMHAND_FAULT_REPEAT", "20"))
+pytestmark = pytest.mark.faults
+
+
+def leaders(farmhand, port: int) -> list[psutil.Process]:
+    return [p for p in home_processes(farmhand.home)
+            if str(FAKE) in " ".join(p.cmdline()) and f"--port {port}" in " ".join(p.cmdline())]
+
+
+def children(farmhand) -> list[psutil.Process]:
+    return [p for p in home_processes(farmhand.home) if "--child" in p.cmdline()]
+
+
+def supervisors(farmhand) -> list[psutil.Process]:
+    return [p for p in home_processes(farmhand.home) if p.cmdline()[-2:] == ["supervisor", "run"]]
+
+
+def report(capsys, name: str, clean: int) -> None:
+    with capsys.disabled():
+        print(f"\n  fault {name}: {clean}/{REPEAT} clean", end="")
+    assert clean == REPEAT
+
+
+def supervisor_pid(farmhand) -> int:
+    return json.loads((farmhand.home / "state" / "supervisor.json").read_text())["pid"]
+
+
+def kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+             what=f"pid {pid} to die")
+
+
+def test_sigkill_supervisor_mid_run_then_up(farmhand, capsys):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port, "--fork-child")])
+    clean = 0
+    for _ in range(REPEAT):
+        farmhand.run("up", check=True)
+        kill_and_wait(supervisor_pid(farmhand))
+        farmhand.run("up", check=True)
+        (leader,) = leaders(farmhand, port)
+        kids = children(farmhand)
+        clean += len(kids) == 1 and os.getsid(kids[0].pid) == leader.pid and len(supervisors(farmhand)) == 1
+    farmhand.run("down", check=True)
+    assert not home_processes(farmhand.home)
+    report(capsys, "SIGKILL supervisor mid-run, then up", clean)
+
+
+def test_sigkill_supervisor_during_startup(farmhand, capsys):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port, "--ready-after", "0.5", "--fork-child")])
+    processes = farmhand.home / "state" / "processes.json"
+    clean = 0
+    for _ in range(REPEAT):
+        starting = subprocess.Popen([sys.executable, "-m", "supervisor", "up"], env=farmhand.env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: processes.exists() and json.loads(processes.read_text() or "{}").get("runtimes"),
+                 what="the runtime to be spawned")
+        kill_and_wait(supervisor_pid(farmhand))
+        assert starting.wait(30) != 0  # `up` reports the supervisor died; it does not hang
+        farmhand.run("up", check=True)
+        clean += len(leaders(farmhand, port)) == 1 and len(children(farmhand)) == 1
+        farmhand.run("down", check=True)
+        clean -= bool(home_processes(farmhand.home))
+    report(capsys, "SIGKILL supervisor during start-up", clean)
+
+
+def test_crash_loop_backs_off_then_fails(farmhand, capsys):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port, "--exit-immediately", max_failures=3, backoff=0.02)])
+    clean = 0
+    for _ in range(REPEAT):
+        proc = farmhand.run("up")
+        status = farmhand.json("status") if proc.returncode == 0 else None
+        body = json.loads(farmhand.run("status", "--json").stdout)
+        (rt,) = body["runtimes"]
+        clean += (proc.returncode == 1 and "runtime failed" in proc.stderr and "fatal: exiting at once" in proc.stderr
+                  and status is None and rt["state"] == "failed" and rt["restarts"] == 2
+                  and "gave up after 3 failures" in rt["last_error"] and bool(rt["log_tail"]))
+        farmhand.run("down", check=True)
+    report(capsys, "crash loop -> backoff -> failed", clean)
+
+
+def test_crash_after_ready_is_restarted(farmhand):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port, "--crash-after", "0.3", max_failures=3, backoff=0.02)])
+    farmhand.run("up", check=True)
+    body = wait_for(lambda: (b := json.loads(farmhand.run("status", "--json").stdout))["runtimes"][0]["state"]
+                    == "failed" and b, timeout=30, what="the runtime to be given up")
+    rt = body["runtimes"][0]
+    assert rt["restarts"] == 2 and "exited with code 1" in rt["last_error"]
+    farmhand.run("down", check=True)
+
+
+def test_runtime_ignoring_sigterm_is_killed_after_grace(farmhand, capsys):
+    port = free_port()
+    grace = 0.3
+    farmhand.write_specs([fake_spec("svc", port, "--ignore-term", grace_s=grace)])
+    clean = 0
+    for _ in range(REPEAT):
+        farmhand.run("up", check=True)
+        (leader,) = leaders(farmhand, port)
+        result = farmhand.json("down")
+        gone = not psutil.pid_exists(leader.pid) or leader.status() == psutil.STATUS_ZOMBIE
+        clean += gone and grace <= result["seconds"] < grace + 3
+    report(capsys, "runtime ignores SIGTERM -> SIGKILL after grace", clean)
+
+
+def test_background_child_is_stopped_too(farmhand, capsys):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port, "--fork-child")])
+    clean = 0
+    for _ in range(REPEAT):
+        farmhand.run("up", check=True)
+        (kid,) = children(farmhand)
+        farmhand.run("down", check=True)
+        clean += (not psutil.pid_exists(kid.pid) or kid.status() == psutil.STATUS_ZOMBIE) and not home_processes(
+            farmhand.home)
+    report(capsys, "runtime forks a background child -> stopped too", clean)
+
+
+def test_two_ups_at_once_make_one_supervisor(farmhand, capsys):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port)])
+    clean = 0
+    for _ in range(REPEAT):
+        ups = [subprocess.Popen([sys.executable, "-m", "supervisor", "up"], env=farmhand.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        codes = [p.wait(60) for p in ups]
+        for p in ups:
+            p.stderr.close()
+        clean += codes == [0, 0] and len(supervisors(farmhand)) == 1 and len(leaders(farmhand, port)) == 1
+        farmhand.run("down", check=True)
+    report(capsys, "two up at once -> one supervisor", clean)
+
+
+def test_up_reports_a_port_held_by_a_stranger(farmhand):
+    port = free_port()
+    stranger = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from supervisor.ports import is_free
+
+        wait_for(lambda: not is_free(port), what="the stranger to listen")
+        farmhand.write_specs([fake_spec("svc", port)])
+        proc = farmhand.run("up")
+        assert proc.returncode == 3
+        assert f"pid {stranger.pid}" in proc.stderr and "not stopping it" in proc.stderr
+        assert stranger.poll() is None
+    finally:
+        stranger.terminate()
+        stranger.wait(10)
+
+
+def test_readiness_is_reported_promptly_and_status_has_details(farmhand):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port, "--ready-after", "0.3")])
+    t0 = time.monotonic()
+    body = farmhand.json("up")
+    assert time.monotonic() - t0 >= 0.3
+    (rt,) = body["runtimes"]
+    assert rt["state"] == "ready" and rt["pid"] and rt["port"] == port and rt["models"] == ["fake"]
+    assert rt["ready_after_s"] >= 0.3 and rt["last_probe_ms"] is not None
+    table = farmhand.run("status", check=True).stdout
+    assert "svc" in table and "ready" in table and str(port) in table
+    assert "fake runtime pid" in farmhand.run("logs", "svc", check=True).stdout
