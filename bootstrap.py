@@ -38,22 +38,22 @@ def venv_python():
 
 def ensure_venv(fingerprint):
     if sys.version_info < MIN_PYTHON:
-        fail("farmhand needs Python %d.%d or newer; this is %s. Install a newer python3 and run it: "
-             "python3.12 bootstrap.py" % (MIN_PYTHON + (sys.version.split()[0],)))
+        fail("farmhand needs Python {}.{} or newer; this is {}. Install a newer python3 and run it: "
+             "python3.12 bootstrap.py".format(MIN_PYTHON[0], MIN_PYTHON[1], sys.version.split()[0]))
     try:
         import ensurepip  # noqa: F401
         import venv  # noqa: F401
     except ImportError:
         distro = "python3-venv"
         fail("Python's venv/ensurepip modules are missing. On Debian/Ubuntu: "
-             "sudo apt-get install -y %s   (then run ./bootstrap.py again)" % distro)
+             f"sudo apt-get install -y {distro}   (then run ./bootstrap.py again)")
     if not os.path.exists(venv_python()):
-        sys.stderr.write("bootstrap: creating %s\n" % VENV)
+        sys.stderr.write(f"bootstrap: creating {VENV}\n")
         result = subprocess.run([sys.executable, "-m", "venv", VENV])
         if result.returncode != 0 or not os.path.exists(venv_python()):
-            fail("could not create %s (is python3-venv installed? On Debian/Ubuntu: "
-                 "sudo apt-get install -y python3-venv)" % VENV)
-    sys.stderr.write("bootstrap: installing farmhand into %s\n" % VENV)
+            fail(f"could not create {VENV} (is python3-venv installed? On Debian/Ubuntu: "
+                 "sudo apt-get install -y python3-venv)")
+    sys.stderr.write(f"bootstrap: installing farmhand into {VENV}\n")
     extras = ".[dev]" if os.environ.get("FARMHAND_DEV") else "."
     cmd = [venv_python(), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", extras]
     if subprocess.run(cmd, cwd=HERE).returncode != 0:

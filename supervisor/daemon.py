@@ -173,6 +173,9 @@ class Supervisor:
         process.become_subreaper()
         signal.signal(signal.SIGTERM, lambda *_: self.events.put(("shutdown", None, None)))
         signal.signal(signal.SIGINT, lambda *_: self.events.put(("shutdown", None, None)))
+        # Orphans reparented to us (we are a subreaper) are reaped when SIGCHLD says so,
+        # not by scanning /proc on a timer.
+        signal.signal(signal.SIGCHLD, lambda *_: self.events.put(("sigchld", None, None)))
         try:
             self._reap_previous()
             self._serve_health()
@@ -245,10 +248,11 @@ class Supervisor:
                 kind, rt, payload = self.events.get(timeout=timeout)
             except queue.Empty:
                 kind, rt, payload = "timer", None, None
-            tracked = {r.popen.pid for r in self.runtimes if r.popen is not None}
-            process.reap_zombies(keep=tracked)
             if kind == "shutdown":
                 return
+            if kind == "sigchld":
+                process.reap_zombies(keep={r.popen.pid for r in self.runtimes if r.popen is not None})
+                continue
             if kind == "timer":
                 self._fire_timers()
                 continue
@@ -273,8 +277,8 @@ class Supervisor:
     def _next_timer(self) -> float:
         pending = [rt.next_start for rt in self.runtimes if rt.state == State.BACKOFF and rt.next_start]
         if not pending:
-            return 0.5
-        return max(0.0, min(min(pending) - time.monotonic(), 0.5))
+            return 5.0
+        return max(0.0, min(min(pending) - time.monotonic(), 5.0))
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
@@ -398,7 +402,8 @@ class Supervisor:
                 rt.transition("stopped")
             rt.log.close()
         if self.http is not None:
-            self.http.shutdown()
+            # Closing the socket is enough: the serving thread is a daemon and we are exiting.
+            # (shutdown() would wait out serve_forever's 0.5 s poll.)
             self.http.server_close()
         for path in (self.paths.state / "processes.json", self.paths.supervisor_address):
             path.unlink(missing_ok=True)

@@ -162,7 +162,7 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
                 ctx.report.line(f"- {step.id}: {status.detail}")
                 futures[step.id] = (step, pool.submit(step.apply, ctx))
             error = None
-            for step_id, (step, future) in futures.items():
+            for step_id, (_step, future) in futures.items():
                 try:
                     detail = future.result()
                     results.append({"id": step_id, "changed": True, "detail": detail})

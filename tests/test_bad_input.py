@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, free_port, wait_for
 
 from supervisor.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_VERIFY

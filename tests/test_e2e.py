@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-
 from conftest import free_port, home_processes
 
 pytestmark = pytest.mark.e2e

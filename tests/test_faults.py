@@ -12,7 +12,6 @@ import time
 
 import psutil
 import pytest
-
 from conftest import FAKE, fake_spec, free_port, home_processes, wait_for
 
 REPEAT = int(os.environ.get("FARMHAND_FAULT_REPEAT", "20"))

@@ -1,0 +1,124 @@
+"""farmhand benchmarks (`make bench`): medians of several runs, each against a baseline measured
+in the same run. Needs the real llama-server build (.cache/wheels, built by `make test`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import WHEELHOUSE, free_port  # noqa: E402
+
+
+def median_ms(fn, runs=RUNS) -> float:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    home = Path(tempfile.mkdtemp(prefix="farmhand-bench-"))
+    project = home / "project"
+    project.mkdir()
+    port = free_port()
+    (home / "o.yaml").write_text("supervisor: {port: 0}\n")
+    env = os.environ | {"FARMHAND_HOME": str(home / "h"), "FARMHAND_WHEELHOUSE": str(WHEELHOUSE)}
+    fh = [sys.executable, "-m", "supervisor"]
+
+    def run(*args, check=True):
+        return subprocess.run([*fh, *args], env=env, cwd=project, capture_output=True, text=True, check=check)
+
+    results = {}
+    try:
+        run("apply", "--yes", "--port", str(port), "--overrides", str(home / "o.yaml"))
+        results["python_startup_ms"] = median_ms(lambda: subprocess.run([sys.executable, "-c", "pass"]))
+        results["noop_bootstrap_ms"] = median_ms(lambda: subprocess.run(
+            [str(REPO / "bootstrap.py"), "--port", str(port), "--overrides", str(home / "o.yaml")],
+            env=env, cwd=project, capture_output=True, check=True))
+        results["noop_apply_ms"] = median_ms(lambda: run("apply", "--port", str(port), "--overrides", str(home / "o.yaml")))
+        results["status_ms"] = median_ms(lambda: run("status"))
+        results["detect_ms"] = median_ms(lambda: run("detect", "--json"))
+        detect = json.loads(run("detect", "--json").stdout)
+        results["detect_probe_ms"] = {k: v["ms"] for k, v in detect["probes"].items()}
+
+        # Readiness lag: the supervisor's "ready" vs. the first 200 seen by a 1 ms poller on the
+        # same /health, both in wall-clock time, in the same run.
+        lags, downs, backend_exits = [], [], []
+        specs = json.loads((home / "h" / "state" / "runtimes.json").read_text())["runtimes"][0]
+        for _ in range(RUNS):
+            run("down")
+            proc = subprocess.Popen([*fh, "up"], env=env, cwd=project, stdout=subprocess.DEVNULL)
+            first_200 = None
+            while first_200 is None:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        first_200 = time.time()
+                except requests.RequestException:
+                    pass
+                time.sleep(0.001)
+            proc.wait()
+            body = json.loads(run("status", "--json").stdout)
+            lags.append((body["runtimes"][0]["ready_wall"] - first_200) * 1000)
+            t0 = time.perf_counter()
+            run("down")
+            downs.append((time.perf_counter() - t0) * 1000)
+            # Baseline: llama-server itself, started by hand, SIGTERM -> exit.
+            own = subprocess.Popen(specs["argv"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while True:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.005)
+            t0 = time.perf_counter()
+            own.send_signal(signal.SIGTERM)
+            own.wait()
+            backend_exits.append((time.perf_counter() - t0) * 1000)
+        results["readiness_lag_ms"] = statistics.median(lags)
+        results["down_ms"] = statistics.median(downs)
+        results["llama_server_sigterm_exit_ms"] = statistics.median(backend_exits)
+        # `down` is a CLI process: its interpreter start is measured alone and taken out.
+        results["cli_startup_ms"] = median_ms(lambda: run("--version"))
+        results["down_overhead_ms"] = (results["down_ms"] - results["cli_startup_ms"]
+                                       - results["llama_server_sigterm_exit_ms"])
+
+        # Supervisor footprint while idle.
+        run("up")
+        sup = psutil.Process(json.loads((home / "h" / "state" / "supervisor.json").read_text())["pid"])
+        idle_s = float(os.environ.get("BENCH_IDLE_S", "60"))
+        cpu0 = sup.cpu_times()
+        time.sleep(idle_s)  # measuring idle CPU over a fixed window is the point here
+        cpu1 = sup.cpu_times()
+        results["supervisor_rss_mb"] = sup.memory_info().rss / 2**20
+        results["supervisor_idle_cpu_pct"] = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / idle_s
+    finally:
+        run("destroy", "--yes", "--purge-models", check=False)
+    targets = {"noop_bootstrap_ms": 300, "readiness_lag_ms": 20, "down_overhead_ms": 50, "detect_ms": 150,
+               "supervisor_rss_mb": 40, "supervisor_idle_cpu_pct": 0.5}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            print(f"{key:32s} " + ", ".join(f"{k} {v:.1f}" for k, v in value.items()))
+            continue
+        target = targets.get(key)
+        mark = "" if target is None else (f"  ok (target <= {target:g})" if value <= target else f"  OVER (target <= {target:g})")
+        print(f"{key:32s} {value:9.1f}{mark}")
+    print(json.dumps(results), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
