@@ -119,3 +119,19 @@ def llama_wheel():
     backend = LlamaServer()
     spec = backend.install_spec({"backend": {"name": "llama-server", "variant": "cpu"}})
     return backend.build_wheel(spec, WHEELHOUSE, Reporter(stream=sys.stderr))
+
+
+@pytest.fixture
+def stranger():
+    """A process farmhand did not start, listening on a port: (port, Popen). Stopped afterwards."""
+    from supervisor.ports import is_free
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: not is_free(port), what="the stranger to listen")
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(10)

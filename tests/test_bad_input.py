@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO, free_port, wait_for
+from conftest import REPO, free_port
 
 from supervisor.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_VERIFY
 
@@ -68,27 +66,18 @@ def test_port_out_of_range(farmhand, tmp_path, how):
     assert not (farmhand.project / "llamafarm.yaml").exists()
 
 
-def test_port_held_by_a_stranger_is_named_and_never_killed(farmhand):
-    port = free_port()
-    stranger = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        from supervisor.ports import is_free
-
-        wait_for(lambda: not is_free(port), what="the stranger to listen")
-        proc = farmhand.run("apply", "--yes", "--port", str(port))
-        assert proc.returncode == EXIT_CONFLICT
-        err = one_line_error(proc)
-        assert f"port {port}" in err and f"pid {stranger.pid}" in err and "http.server" in err
-        assert "will not stop it" in err
-        assert stranger.poll() is None  # still running
-        # Nothing was changed: preflight runs before any step.
-        assert not (farmhand.home / "state" / "ledger.json").exists()
-        assert not (farmhand.project / "llamafarm.yaml").exists()
-        assert not (farmhand.home / "data").exists()
-    finally:
-        stranger.terminate()
-        stranger.wait(10)
+def test_port_held_by_a_stranger_is_named_and_never_killed(farmhand, stranger):
+    port, holder = stranger
+    proc = farmhand.run("apply", "--yes", "--port", str(port))
+    assert proc.returncode == EXIT_CONFLICT
+    err = one_line_error(proc)
+    assert f"port {port}" in err and f"pid {holder.pid}" in err and "http.server" in err
+    assert "will not stop it" in err
+    assert holder.poll() is None  # still running
+    # Nothing was changed: preflight runs before any step.
+    assert not (farmhand.home / "state" / "ledger.json").exists()
+    assert not (farmhand.project / "llamafarm.yaml").exists()
+    assert not (farmhand.home / "data").exists()
 
 
 def test_model_digest_mismatch_removes_partial_and_shows_both(farmhand, tmp_path, llama_wheel):

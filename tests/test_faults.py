@@ -151,22 +151,13 @@ def test_two_ups_at_once_make_one_supervisor(farmhand, capsys):
     report(capsys, "two up at once -> one supervisor", clean)
 
 
-def test_up_reports_a_port_held_by_a_stranger(farmhand):
-    port = free_port()
-    stranger = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        from supervisor.ports import is_free
-
-        wait_for(lambda: not is_free(port), what="the stranger to listen")
-        farmhand.write_specs([fake_spec("svc", port)])
-        proc = farmhand.run("up")
-        assert proc.returncode == 3
-        assert f"pid {stranger.pid}" in proc.stderr and "not stopping it" in proc.stderr
-        assert stranger.poll() is None
-    finally:
-        stranger.terminate()
-        stranger.wait(10)
+def test_up_reports_a_port_held_by_a_stranger(farmhand, stranger):
+    port, holder = stranger
+    farmhand.write_specs([fake_spec("svc", port)])
+    proc = farmhand.run("up")
+    assert proc.returncode == 3
+    assert f"pid {holder.pid}" in proc.stderr and "not stopping it" in proc.stderr
+    assert holder.poll() is None
 
 
 def test_readiness_is_reported_promptly_and_status_has_details(farmhand):
