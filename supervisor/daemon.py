@@ -104,12 +104,9 @@ class Runtime:
         self.next_start: float | None = None
         self.log = RotatingLog(paths.logs / f"{self.name}.log", spec.get("log_max_bytes", 10 << 20),
                                spec.get("log_backups", 3))
-        self.history: list[tuple[float, str, str]] = []
 
     def transition(self, event: str) -> None:
-        new = next_state(self.state, event)
-        self.history.append((time.time(), event, new.value))
-        self.state = new
+        self.state = next_state(self.state, event)
 
     def snapshot(self) -> dict:
         now = time.monotonic()

@@ -7,7 +7,6 @@ differ, independent ones in parallel (the backend builds while the model downloa
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +176,3 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
     ctx.ledger.save()
     return results
 
-
-def python() -> str:
-    return sys.executable

@@ -4,7 +4,6 @@ nothing behind."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -113,4 +112,3 @@ def test_user_sections_survive_and_a_backup_is_kept(farmhand, llama_wheel, tmp_p
     doc = yaml.safe_load((farmhand.project / "llamafarm.yaml").read_text())
     assert [m["name"] for m in doc["runtime"]["models"]] == ["cloud"]
     assert doc["prompts"][0]["name"] == "support"
-    json.dumps(doc)
