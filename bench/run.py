@@ -31,7 +31,48 @@ def median_ms(fn, runs=RUNS) -> float:
     return statistics.median(samples)
 
 
+def bench_scaling(results: dict) -> None:
+    """`up` to every runtime ready and `down` to every runtime stopped, for N = 1, 2, 4 runtimes
+    (the fake runtime: ready after 0.3 s, 0.3 s to exit after SIGTERM). Runtimes start and stop
+    in parallel, so N = 4 should cost about what N = 1 does (target: <= 1.3x)."""
+    from conftest import FAKE
+
+    for n in (1, 2, 4):
+        home = Path(tempfile.mkdtemp(prefix=f"farmhand-bench-n{n}-"))
+        env = os.environ | {"FARMHAND_HOME": str(home)}
+        specs = []
+        for i in range(n):
+            port = free_port()
+            specs.append({"name": f"svc{i}", "backend": "fake", "port": port, "env": {},
+                          "argv": [sys.executable, str(FAKE), "--port", str(port), "--ready-after", "0.3",
+                                   "--stop-delay", "0.3"],
+                          "readiness": {"url": f"http://127.0.0.1:{port}/health", "expect": 200},
+                          "grace_s": 5, "start_timeout_s": 30})
+        (home / "state").mkdir(parents=True)
+        (home / "state" / "runtimes.json").write_text(json.dumps({"supervisor": {"port": 0}, "runtimes": specs}))
+        ups, downs = [], []
+        try:
+            for _ in range(RUNS):
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "supervisor", "up"], env=env, check=True, capture_output=True)
+                ups.append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "supervisor", "down"], env=env, check=True, capture_output=True)
+                downs.append((time.perf_counter() - t0) * 1000)
+        finally:
+            subprocess.run([sys.executable, "-m", "supervisor", "destroy", "--yes"], env=env, capture_output=True)
+        results[f"up_all_ready_n{n}_ms"] = statistics.median(ups)
+        results[f"down_all_stopped_n{n}_ms"] = statistics.median(downs)
+    results["up_n4_over_n1"] = results["up_all_ready_n4_ms"] / results["up_all_ready_n1_ms"]
+    results["down_n4_over_n1"] = results["down_all_stopped_n4_ms"] / results["down_all_stopped_n1_ms"]
+
+
 def main() -> None:
+    if "--scaling-only" in sys.argv:
+        results: dict = {}
+        bench_scaling(results)
+        report(results)
+        return
     home = Path(tempfile.mkdtemp(prefix="farmhand-bench-"))
     project = home / "project"
     project.mkdir()
@@ -106,17 +147,22 @@ def main() -> None:
         cpu1 = sup.cpu_times()
         results["supervisor_rss_mb"] = sup.memory_info().rss / 2**20
         results["supervisor_idle_cpu_pct"] = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / idle_s
+        bench_scaling(results)
     finally:
         run("destroy", "--yes", "--purge-models", check=False)
+    report(results)
+
+
+def report(results: dict) -> None:
     targets = {"noop_bootstrap_ms": 300, "readiness_lag_ms": 20, "down_overhead_ms": 50, "detect_ms": 150,
-               "supervisor_rss_mb": 40, "supervisor_idle_cpu_pct": 0.5}
+               "supervisor_rss_mb": 40, "supervisor_idle_cpu_pct": 0.5, "up_n4_over_n1": 1.3, "down_n4_over_n1": 1.3}
     for key, value in results.items():
         if isinstance(value, dict):
             print(f"{key:32s} " + ", ".join(f"{k} {v:.1f}" for k, v in value.items()))
             continue
         target = targets.get(key)
         mark = "" if target is None else (f"  ok (target <= {target:g})" if value <= target else f"  OVER (target <= {target:g})")
-        print(f"{key:32s} {value:9.1f}{mark}")
+        print(f"{key:32s} {value:9.2f}{mark}")
     print(json.dumps(results), file=sys.stderr)
 
 

@@ -62,11 +62,17 @@ def gather_facts(paths, replay: str | None = None, record: str | None = None, fa
 
     if facts_file:
         try:
-            return json.loads(Path(facts_file).read_text())
-        except FileNotFoundError:
+            facts = json.loads(Path(facts_file).read_text())
+        except (FileNotFoundError, IsADirectoryError):
             raise FarmhandError(f"{facts_file}: no such file", 2) from None
-        except json.JSONDecodeError as exc:
-            raise FarmhandError(f"{facts_file}:{exc.lineno}: not a `farmhand detect --json` snapshot ({exc.msg})", 2) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            line = getattr(exc, "lineno", 1)
+            raise FarmhandError(f"{facts_file}:{line}: not a `farmhand detect --json` snapshot ({exc})", 2) from None
+        shape = {"os": dict, "memory": dict, "gpus": list}
+        wrong = [k for k, t in shape.items() if not isinstance(facts, dict) or not isinstance(facts.get(k), t)]
+        if wrong:
+            raise FarmhandError(f"{facts_file}:1: not a `farmhand detect --json` snapshot (no {', '.join(wrong)})", 2)
+        return facts
     host = hostio.ReplayHost(Path(replay)) if replay else hostio.RecordingHost(Path(record)) if record else hostio.LiveHost()
     facts = probes.gather(host, disk_path=str(paths.data))
     if record:
@@ -132,65 +138,130 @@ def _overrides(paths, path: str | None):
     return data, str(file)
 
 
-def _make_plan(ctx, *, profile, overrides, port, reselect, facts, profiles_dir=None):
+class PortArg(click.ParamType):
+    """`--port PORT` (the runtime of the default role) or `--port RUNTIME=PORT`."""
+
+    name = "[RUNTIME=]PORT"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, _, number = str(value).rpartition("=")
+        try:
+            port = int(number)
+        except ValueError:
+            self.fail(f"{value!r}: expected PORT or RUNTIME=PORT", param, ctx)
+        from .ports import validate
+
+        try:
+            validate(port, f"--port {value}")
+        except FarmhandError as exc:
+            self.fail(str(exc), param, ctx)
+        return (name or None, port)
+
+
+def _make_plan(ctx, *, profile, overrides, port, reselect, facts, project_dir, profiles_dir=None, live=True):
     from . import plan as planmod
     from .ledger import Ledger
 
     paths = _paths(ctx)
-    ledger = Ledger(paths.ledger)
+    ledger = Ledger(paths)
     data, source = _overrides(paths, overrides)
-    built = planmod.build(paths, facts, ledger, profile_name=profile, overrides=data, overrides_source=source,
-                          port=port, reselect=reselect, **({"profiles_dir": Path(profiles_dir)} if profiles_dir else {}))
+    built = planmod.build(paths, facts, ledger, project_dir=project_dir, profile_name=profile, overrides=data,
+                          overrides_source=source, port_args=dict(port or ()), reselect=reselect, live=live,
+                          **({"profiles_dir": Path(profiles_dir)} if profiles_dir else {}))
     return paths, ledger, built
+
+
+def _project_dir(path: str) -> Path:
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise FarmhandError(f"--project-dir {path}: no such directory", 2)
+    return directory.resolve()
 
 
 def _plan_options(fn):
     fn = click.option("--profile", help="Use this profile instead of the best match.")(fn)
     fn = click.option("--overrides", type=click.Path(dir_okay=False),
                       help="YAML merged on top of the profile (default: CONFIG/overrides.yaml).")(fn)
-    fn = click.option("--port", type=click.IntRange(1024, 65535), help="Port for the runtime.")(fn)
+    fn = click.option("--port", type=PortArg(), multiple=True,
+                      help="Port of the default role's runtime, or RUNTIME=PORT (repeatable).")(fn)
     fn = click.option("--reselect", is_flag=True, help="Try the profile's preferred models again.")(fn)
-    fn = click.option("--project-dir", type=click.Path(file_okay=False), default=".",
-                      help="LlamaFarm project directory for llamafarm.yaml.")(fn)
+    fn = click.option("--project-dir", default=".", help="LlamaFarm project directory for llamafarm.yaml.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
     fn = click.option("--profiles-dir", type=click.Path(file_okay=False), envvar="FARMHAND_PROFILES_DIR",
                       help="Read profiles from here instead of the bundled profiles/.")(fn)
     return fn
 
 
+def print_deployment(d: dict, explain: bool = False) -> None:
+    click.echo(f"profile  {d['profile']['name']}: {d['profile']['why']}")
+    for why in d.get("fell_back_from", []):
+        click.echo(f"         fell back: {why}")
+    click.echo("")
+    rows = []
+    for r in d["roles"]:
+        where = f"{r['runtime']} ({r['backend']})" if r.get("runtime") else f"remote {r['provider']}"
+        rows.append([r["role"] + (" *" if r["role"] == d["default_role"] else ""), r.get("model_id") or r["model"],
+                     where, r.get("url") or "-", r["note"]])
+    click.echo(table(rows, ["ROLE", "MODEL", "SERVED BY", "URL", "CHOICE"]))
+    for role, reasons in d.get("skipped", {}).items():
+        for why in reasons:
+            click.echo(f"  {role}: passed over {why}")
+    for role, reasons in d.get("dropped_roles", {}).items():
+        click.echo(f"  {role}: DROPPED, no candidate can run here: " + "; ".join(reasons))
+    click.echo("")
+    rows = [[rt["name"], rt["backend"], rt["variant"], rt["install"], rt["port"] or "-",
+             "+".join(rt["devices"]) + (f" ({rt['split']} split)" if rt["split"] else ""),
+             ", ".join(f"{m['name']} ctx {m['ctx_size']}" for m in rt["models"])] for rt in d["runtimes"]]
+    click.echo(table(rows, ["RUNTIME", "BACKEND", "VARIANT", "INSTALL", "PORT", "DEVICES", "MODELS"]))
+    if d.get("unused_runtimes"):
+        click.echo(f"  not used (no role chose them): {', '.join(d['unused_runtimes'])}")
+    click.echo("\nmemory")
+    for dev in d["memory"]:
+        click.echo(f"  {dev['text']}")
+    if explain:
+        for rt in d["runtimes"]:
+            for m in rt["models"]:
+                click.echo(f"  {m['name']}: {m['memory']}; {m['basis']}")
+    notes = [n for rt in d["runtimes"] for n in rt["notes"]]
+    if notes:
+        click.echo("\nnotes")
+        for note in notes:
+            click.echo(f"  {note}")
+    for warning in d.get("warnings", []):
+        click.echo(f"warning: {warning}")
+
+
 @cli.command()
 @_plan_options
-@click.option("--explain", is_flag=True, help="Show every profile with the rule that matched or failed.")
+@click.option("--explain", is_flag=True, help="Show every profile with the rule that matched or failed, and "
+                                              "how each model's memory was estimated.")
 @click.option("--facts", "facts_file", type=click.Path(dir_okay=False), help="Plan for a saved `detect --json` snapshot.")
 @click.option("--replay", type=click.Path(exists=True, file_okay=False), help="Plan for a recorded host.")
 @click.option("--detailed-exitcode", is_flag=True, help=f"Exit {EXIT_CHANGES_PENDING} when the plan would change something.")
 @click.pass_context
 def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, explain, facts_file, replay,
          detailed_exitcode):
-    """Show the chosen profile, why it matched, and each step: will change / up to date."""
+    """Show the deployment for this host (roles, runtimes, memory per device) and each step."""
     from . import plan as planmod
     from .progress import Reporter
     from .steps import Context
 
+    project = _project_dir(project_dir)
     facts = gather_facts(_paths(ctx), replay=replay, facts_file=facts_file)
     foreign = bool(replay or facts_file)
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
-                                      facts=facts, profiles_dir=profiles_dir)
+                                      facts=facts, project_dir=project, profiles_dir=profiles_dir, live=not foreign)
     statuses = None
     if not foreign:
-        os.chdir(project_dir)
-        statuses = planmod.evaluate(built, Context(paths, ledger, Reporter(quiet=True), Path(".").resolve()))
+        statuses = planmod.evaluate(built, Context(paths, ledger, Reporter(quiet=True), project))
     data = built.to_json(statuses)
     data["explain"] = [{"profile": m.profile["name"], "priority": m.profile["priority"], "matches": m.holds,
                         "why": m.summary()} for m in built.matches]
 
     def human(d):
-        click.echo(f"profile  {d['profile']['name']}: {d['profile']['why']}")
-        click.echo(f"backend  {d['backend']}" + (f"  (cannot install here: {d['install_problem']})"
-                                                   if d["install_problem"] else ""))
-        click.echo(f"model    {d['model']['name']} ({d['model']['note']})")
-        for s in d["model"]["skipped"]:
-            click.echo(f"         skipped {s}")
+        print_deployment(d, explain)
         if explain:
             click.echo("")
             click.echo(table([[e["profile"], e["priority"], "yes" if e["matches"] else "no", e["why"]]
@@ -218,55 +289,81 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     from .steps import Context
 
     t0 = time.monotonic()
-    os.chdir(project_dir)
+    project = _project_dir(project_dir)
     facts = gather_facts(_paths(ctx))
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
-                                      facts=facts, profiles_dir=profiles_dir)
+                                      facts=facts, project_dir=project, profiles_dir=profiles_dir)
     report = Reporter(quiet=False)
-    context = Context(paths, ledger, report, Path(".").resolve())
+    context = Context(paths, ledger, report, project)
     statuses = planmod.evaluate(built, context)
     changes = [s for s, st in statuses if not st.up_to_date]
     if changes and not yes and sys.stdin.isatty() and not as_json:
-        click.echo(f"profile {built.profile['name']}: {built.match.summary()}")
+        print_deployment(built.to_json())
+        click.echo("")
         for step, st in statuses:
             click.echo(f"  {'~' if not st.up_to_date else ' '} {step.id}: {st.detail}")
         click.confirm(f"Apply {len(changes)} change(s)?", abort=True)
     if changes:
-        report.line(f"profile {built.profile['name']} ({built.match.summary()}); model {built.model['name']}")
+        report.line(f"profile {built.profile['name']} ({built.match.summary()})")
+        for why in built.fallbacks:
+            report.line(f"  fell back: {why}")
         results = planmod.apply(built, context)
     else:
         results = [{"id": s.id, "changed": False, "detail": st.detail} for s, st in statuses]
-    runtime = built.specs["runtimes"][0]
-    binary = runtime["argv"][0]
-    record = ledger.artifact(f"backend:{runtime['backend']}") or {}
-    summary = {
+    summary = _apply_summary(built, ledger, results, project, round(time.monotonic() - t0, 3))
+    _emit(summary, as_json, _print_apply)
+
+
+def _apply_summary(built, ledger, results: list[dict], project: Path, seconds: float) -> dict:
+    from .steps import InstallStep
+
+    plan_json = built.to_json()
+    versions = {s.spec.key: (ledger.artifact(s.id) or {}).get("version") for s in built.steps
+                if isinstance(s, InstallStep)}
+    default = next(r for r in plan_json["roles"] if r["role"] == plan_json["default_role"])
+    return {
         "changed": any(r["changed"] for r in results),
-        "seconds": round(time.monotonic() - t0, 3),
+        "seconds": seconds,
         "profile": built.profile["name"],
-        "backend": runtime["backend"],
-        "backend_version": record.get("version"),
-        "model": built.model["name"],
-        "url": runtime["base_url"],
-        "config": str(Path(project_dir).resolve() / "llamafarm.yaml"),
+        "fell_back_from": built.fallbacks,
+        "default_role": built.selection.default_role,
+        "model": default.get("model_id") or default["model"],
+        "url": default.get("url"),
+        "roles": plan_json["roles"],
+        "runtimes": [{"name": rt["name"], "backend": rt["backend"], "version": versions.get(rt["install_key"]),
+                      "port": rt["port"], "url": rt["url"], "devices": rt["devices"],
+                      "models": [m["name"] for m in rt["models"]], "argv0": rt["argv"][0]}
+                     for rt in plan_json["runtimes"]],
+        "config": str(project / "llamafarm.yaml"),
+        "command": built.launcher.command(),
+        "path_note": built.launcher.path_note(),
+        "warnings": built.warnings,
         "steps": results,
     }
 
-    def human(d):
-        click.echo(table([[r["id"], "changed" if r["changed"] else "up to date", r["detail"]] for r in d["steps"]],
-                         ["STEP", "RESULT", "DETAIL"]))
-        click.echo("")
-        if not d["changed"]:
-            click.echo(f"up to date: nothing changed ({d['seconds']:.2f}s)")
-        click.echo(f"backend  {d['backend']} {d['backend_version'] or ''} ({binary})")
-        click.echo(f"model    {d['model']}")
-        click.echo(f"url      {d['url']}")
-        click.echo(f"config   {d['config']}")
-        click.echo("stop     farmhand down   (start again: farmhand up; remove everything: farmhand destroy)")
-        click.echo("try it:\n  curl -s " + d["url"] + "/chat/completions -H 'Content-Type: application/json' \\\n"
-                   "    -d '{\"model\": \"" + d["model"] + "\", \"messages\": [{\"role\": \"user\", "
-                   "\"content\": \"Say hello\"}]}'")
 
-    _emit(summary, as_json, human)
+def _print_apply(d: dict) -> None:
+    click.echo(table([[r["id"], "changed" if r["changed"] else "up to date", r["detail"]] for r in d["steps"]],
+                     ["STEP", "RESULT", "DETAIL"]))
+    click.echo("")
+    if not d["changed"]:
+        click.echo(f"up to date: nothing changed ({d['seconds']:.2f}s)")
+    versions = {rt["name"]: f"{rt['backend']} {rt['version'] or ''}".strip() for rt in d["runtimes"]}
+    click.echo(table([[r["role"] + (" *" if r["role"] == d["default_role"] else ""), r.get("model_id") or r["model"],
+                       r.get("url") or "-", versions.get(r.get("runtime"), f"remote {r.get('provider')}")]
+                      for r in d["roles"]], ["ROLE", "MODEL", "URL", "SERVED BY"]))
+    click.echo(f"config   {d['config']}")
+    cmd = d["command"]
+    click.echo(f"stop     {cmd} down   (start again: {cmd} up; status: {cmd} status; remove everything: {cmd} destroy)")
+    if d.get("path_note"):
+        click.echo(f"note     {d['path_note']}")
+    for warning in d["warnings"]:
+        click.echo(f"warning  {warning}")
+    local = next((r for r in d["roles"] if r["role"] == d["default_role"] and r.get("runtime")), None)
+    if local:
+        click.echo("try it:\n  curl -s " + local["url"] + "/chat/completions -H 'Content-Type: application/json' \\\n"
+                   "    -d '{\"model\": \"" + local["model_id"] + "\", \"messages\": [{\"role\": \"user\", "
+                   "\"content\": \"Say hello\"}]}'")
 
 
 # --- supervisor ------------------------------------------------------------------------------------------
@@ -305,29 +402,59 @@ def run(ctx):
 
 
 def _print_status(body: dict) -> None:
+    sup = body.get("supervisor")
+    click.echo(f"supervisor: {body['status']}" + (f" (pid {sup['pid']})" if sup else ""))
     rows = []
     for r in body["runtimes"]:
         rows.append([r["name"], r["state"], r.get("pid") or "-", r["port"], f"{r.get('uptime_s') or 0:.0f}s",
                      r.get("restarts", 0), f"{r['last_probe_ms']:.1f}ms" if r.get("last_probe_ms") else "-",
-                     ",".join(r.get("models", [])), r.get("last_error") or ""])
-    click.echo(f"supervisor: {body['status']}" + (f" (pid {body['supervisor']['pid']})" if body.get("supervisor") else ""))
-    click.echo(table(rows, ["RUNTIME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "PROBE", "MODELS", "LAST ERROR"]))
+                     "+".join(r.get("devices") or []) or "-", ",".join(r.get("models", [])), r.get("last_error") or ""])
+    click.echo(table(rows, ["RUNTIME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "PROBE", "DEVICES", "MODELS",
+                            "LAST ERROR"]))
+    if body.get("roles"):
+        click.echo("")
+        click.echo(table([[r["role"] + (" *" if r.get("default") else ""), r.get("model_id") or r["model"],
+                           r.get("runtime") or f"remote {r.get('provider')}", r.get("url") or "-", r["state"]]
+                          for r in body["roles"]], ["ROLE", "MODEL", "SERVED BY", "URL", "STATE"]))
+    for warning in body.get("warnings", []):
+        click.echo(f"warning: {warning}")
+
+
+def status_body(paths) -> dict:
+    """The supervisor's view (or the specs when it is down) plus every role, local and remote."""
+    from . import client
+
+    body = client.health(paths)
+    if body is None:
+        specs = client._read_json(paths.runtimes) or {"runtimes": []}
+        body = {"status": "down", "supervisor": None, "runtimes": [
+            {"name": r["name"], "backend": r.get("backend"), "state": "stopped", "pid": None, "port": r["port"],
+             "uptime_s": 0, "restarts": 0, "last_probe_ms": None, "models": r.get("models", []),
+             "devices": r.get("devices", []), "last_error": None} for r in specs.get("runtimes", [])]}
+    record = client._read_json(paths.deployment) or {}
+    states = {r["name"]: r["state"] for r in body["runtimes"]}
+    body["roles"], body["warnings"] = [], []
+    for role in record.get("roles", []):
+        entry = dict(role, default=role["role"] == record.get("default_role"))
+        if role.get("runtime"):
+            entry["state"] = states.get(role["runtime"], "unknown")
+        else:
+            var = role.get("api_key_env")
+            entry["state"] = "remote" if not var else (f"remote ({var} set)" if os.environ.get(var)
+                                                       else f"remote: {var} NOT SET")
+            if var and not os.environ.get(var):
+                body["warnings"].append(f"role {role['role']}: {var} is not set in this environment; LlamaFarm "
+                                        f"cannot call {role['model']} without it")
+        body["roles"].append(entry)
+    return body
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx, as_json):
-    """Each runtime's state, pid, port, uptime, restarts, probe latency and models."""
-    from . import client
-
-    paths = _paths(ctx)
-    body = client.health(paths)
-    if body is None:
-        specs = client._read_json(paths.runtimes) or {"runtimes": []}
-        body = {"status": "down", "supervisor": None, "runtimes": [
-            {"name": r["name"], "state": "stopped", "pid": None, "port": r["port"], "uptime_s": 0, "restarts": 0,
-             "last_probe_ms": None, "models": r.get("models", []), "last_error": None} for r in specs["runtimes"]]}
+    """Every runtime (state, pid, port, uptime, restarts, probe latency, devices) and every role."""
+    body = status_body(_paths(ctx))
     _emit(body, as_json, _print_status)
     if body["status"] not in ("ok", "down"):
         sys.exit(1)
@@ -376,18 +503,36 @@ def destroy(ctx, purge_models, yes, as_json):
 
 
 def main() -> None:
+    debug = "--debug" in sys.argv[1:] or os.environ.get("FARMHAND_DEBUG") == "1"
+    argv = [a for a in sys.argv[1:] if a != "--debug"]
     try:
-        cli(standalone_mode=False)
+        cli(args=argv, standalone_mode=False)
     except FarmhandError as exc:
+        if debug:
+            raise
         click.echo(f"farmhand: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # usage errors too: one line, like every other bad input
+        click.echo(f"farmhand: error: {exc.format_message()} (see --help)", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        if debug:
+            raise
+        from .errors import from_os_error
+
+        err = from_os_error(exc)
+        click.echo(f"farmhand: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except Exception as exc:  # a bug: still one line, the traceback only with --debug
+        if debug:
+            raise
+        click.echo(f"farmhand: error: internal error: {type(exc).__name__}: {exc} (run again with --debug for the "
+                   "traceback, and please report it)", err=True)
+        sys.exit(1)

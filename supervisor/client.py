@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .errors import FarmhandError
+from .lock import is_held
 from .paths import Paths
 
 
@@ -122,34 +123,18 @@ def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
             os.kill(ident.pid, signal.SIGKILL)
         result["stopped"] = True
     # Whatever a killed supervisor left behind (identity-checked, never a stranger).
-    leftovers = (_read_json(paths.state / "processes.json") or {}).get("runtimes", {})
+    leftovers = (_read_json(paths.processes) or {}).get("runtimes", {})
     if leftovers:
         result["reaped"] = process.reap_leftovers(list(leftovers.values()))
-        (paths.state / "processes.json").unlink(missing_ok=True)
+        paths.processes.unlink(missing_ok=True)
     if record is None or not process.is_alive(process.Identity.from_json(record)):
         paths.supervisor_address.unlink(missing_ok=True)
-        if paths.supervisor_lock.exists() and not _lock_held(paths.supervisor_lock):
+        if paths.supervisor_lock.exists() and not is_held(paths.supervisor_lock):
             paths.supervisor_lock.unlink(missing_ok=True)
     for runtime in specs["runtimes"]:
         ports.wait_free(runtime["port"], 5.0)
     result["seconds"] = round(time.monotonic() - t0, 4)
     return result
-
-
-def _lock_held(path: Path) -> bool:
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def _tail(path: Path, lines: int) -> str:

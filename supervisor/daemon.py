@@ -1,95 +1,65 @@
-"""The supervisor (`farmhand run`): runs the rendered runtime specs, one session each.
+"""The supervisor (`farmhand run`): runs the runtimes in runtimes.json, one session each.
 
 One main thread owns every process: it spawns (so PR_SET_PDEATHSIG is tied to a thread that
 lives as long as the supervisor), applies state-machine transitions (states.py) from an event
-queue, schedules restarts with backoff, and stops everything on SIGTERM/SIGINT. Helper threads
-only watch (readiness probes, log pipes) and post events. GET /health on loopback reports
-every runtime; sd_notify tells systemd READY=1 / STATUS= / STOPPING=1.
+queue, schedules restarts (policy.py), and stops everything on SIGTERM/SIGINT, all runtimes
+at once. Helper threads only watch (readiness probes, log pipes) and post events. The pieces
+it uses live beside it: lock.py (one supervisor per home), health.py (GET /health),
+runlog.py (rotated logs), notify.py (sd_notify), process.py (identity, spawn, stop).
 """
 
 from __future__ import annotations
 
-import collections
-import fcntl
 import http.client
 import json
 import os
 import queue
-import random
+import re
 import signal
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
 from . import ports, process
 from .errors import Conflict, FarmhandError
+from .health import HealthServer
 from .ledger import atomic_write
+from .lock import InstanceLock, LockHeld
+from .notify import sd_notify
 from .paths import Paths
+from .runlog import RotatingLog
+from .specs import RuntimeSpec, SupervisorSpec
 from .states import State, next_state
 
-LOG_TAIL_LINES = 40
 FIRST_PROBE_DELAY = 0.002
 PROBE_GROWTH = 1.3
 PROBE_MAX_DELAY = 0.015  # keeps "ready" within ~15 ms of the first 200 without hammering
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def sd_notify(message: str) -> bool:
-    """Send one sd_notify datagram to $NOTIFY_SOCKET (systemd Type=notify); False when unset."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract namespace socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-    return True
+class MissingSecret(Exception):
+    def __init__(self, var: str):
+        super().__init__(var)
+        self.var = var
 
 
 def expand_env(value: str, env: dict[str, str]) -> str:
-    """Resolve ${env:VAR} references at spawn time; specs on disk only hold the reference."""
-    import re
+    """Resolve ${env:VAR} references at spawn time (specs on disk hold only the reference).
+    An unset or empty variable is an error: a runtime never starts with an empty key."""
 
-    return re.sub(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: env.get(m.group(1), ""), value)
+    def resolve(m: re.Match) -> str:
+        if not env.get(m.group(1)):
+            raise MissingSecret(m.group(1))
+        return env[m.group(1)]
 
-
-class RotatingLog:
-    """A runtime's stdout/stderr: size-based rotation (log, log.1 … log.N) and a tail in memory."""
-
-    def __init__(self, path: Path, max_bytes: int, backups: int):
-        self.path, self.max_bytes, self.backups = path, max_bytes, backups
-        self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the runtime
-
-    def write(self, line: bytes) -> None:
-        self.tail.append(line.decode(errors="replace").rstrip())
-        if self._fh.tell() + len(line) > self.max_bytes:
-            self._rotate()
-        self._fh.write(line)
-        self._fh.flush()
-
-    def _rotate(self) -> None:
-        self._fh.close()
-        for n in range(self.backups - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
-        if self.backups:
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._fh = open(self.path, "wb")  # noqa: SIM115
-
-    def close(self) -> None:
-        self._fh.close()
+    return _ENV_REF.sub(resolve, value)
 
 
 class Runtime:
-    def __init__(self, spec: dict, paths: Paths):
+    def __init__(self, spec: RuntimeSpec, paths: Paths):
         self.spec = spec
-        self.name = spec["name"]
+        self.name = spec.name
         self.state = State.STOPPED
         self.generation = 0
         self.popen = None
@@ -102,8 +72,7 @@ class Runtime:
         self.last_probe_ms: float | None = None
         self.last_error: str | None = None
         self.next_start: float | None = None
-        self.log = RotatingLog(paths.logs / f"{self.name}.log", spec.get("log_max_bytes", 10 << 20),
-                               spec.get("log_backups", 3))
+        self.log = RotatingLog(paths.logs / f"{self.name}.log", spec.log_max_bytes, spec.log_backups)
 
     def transition(self, event: str) -> None:
         self.state = next_state(self.state, event)
@@ -112,16 +81,18 @@ class Runtime:
         now = time.monotonic()
         return {
             "name": self.name,
+            "backend": self.spec.backend,
             "state": self.state.value,
             "pid": self.ident.pid if self.ident and self.state in (State.STARTING, State.READY) else None,
-            "port": self.spec["port"],
-            "url": self.spec.get("base_url"),
+            "port": self.spec.port,
+            "url": self.spec.base_url,
+            "devices": list(self.spec.devices),
             "uptime_s": round(now - self.ready_at, 3) if self.ready_at and self.state == State.READY else 0,
             "ready_after_s": round(self.ready_at - self.started_at, 4) if self.ready_at and self.started_at else None,
             "ready_wall": self.ready_wall,
             "restarts": self.restarts,
             "last_probe_ms": self.last_probe_ms,
-            "models": self.spec.get("models", []),
+            "models": list(self.spec.models),
             "last_error": self.last_error,
             "log": str(self.log.path),
             "log_tail": list(self.log.tail)[-10:] if self.state in (State.FAILED, State.BACKOFF) else [],
@@ -129,44 +100,26 @@ class Runtime:
 
 
 class Supervisor:
-    def __init__(self, paths: Paths, specs: dict):
+    def __init__(self, paths: Paths, spec: SupervisorSpec):
         self.paths = paths
-        self.specs = specs
+        self.spec = spec
         self.events: queue.Queue = queue.Queue()
-        self.runtimes = [Runtime(s, paths) for s in specs["runtimes"]]
+        self.runtimes = [Runtime(s, paths) for s in spec.runtimes]
         self.lock = threading.Lock()
         self.started = time.monotonic()
         self.shutting_down = False
         self.notified_ready = False
-        self.http: ThreadingHTTPServer | None = None
-        self._lock_fd: int | None = None
+        self.health_server: HealthServer | None = None
+        self.instance = InstanceLock(paths.supervisor_lock)
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def acquire_lock(self) -> None:
-        """One supervisor per farmhand home: an flock on supervisor.lock, checked against its inode
-        so a lock file unlinked by a stopping supervisor is never trusted."""
-        path = self.paths.supervisor_lock
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                running = _read_json(self.paths.supervisor_address) or {}
-                raise Conflict(f"a supervisor is already running for {self.paths.state} "
-                               f"(pid {running.get('pid', '?')})") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._lock_fd = fd
-                return
-            os.close(fd)
-
     def run(self) -> int:
-        self.acquire_lock()
+        try:
+            self.instance.acquire()
+        except LockHeld:
+            running = _read_json(self.paths.supervisor_address) or {}
+            raise Conflict(f"a supervisor is already running for {self.paths.state} "
+                           f"(pid {running.get('pid', '?')})") from None
         process.become_subreaper()
         signal.signal(signal.SIGTERM, lambda *_: self.events.put(("shutdown", None, None)))
         signal.signal(signal.SIGINT, lambda *_: self.events.put(("shutdown", None, None)))
@@ -186,7 +139,7 @@ class Supervisor:
 
     def _reap_previous(self) -> None:
         """A previous supervisor was killed: stop what it left (identity-checked) first."""
-        old = _read_json(self.paths.state / "processes.json") or {}
+        old = _read_json(self.paths.processes) or {}
         records = list(old.get("runtimes", {}).values())
         if records:
             killed = process.reap_leftovers(records)
@@ -195,33 +148,19 @@ class Supervisor:
                       flush=True)
 
     def _serve_health(self) -> None:
-        conf = self.specs.get("supervisor", {})
-        supervisor = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
-                if self.path.split("?")[0] != "/health":
-                    self.send_error(404)
-                    return
-                body = supervisor.health()
-                data = json.dumps(body).encode()
-                self.send_response(200 if body["status"] == "ok" else 503)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.http = ThreadingHTTPServer((conf.get("host", "127.0.0.1"), conf.get("port", 0)), Handler)
-        self.http.daemon_threads = True
-        threading.Thread(target=self.http.serve_forever, name="health", daemon=True).start()
+        try:
+            self.health_server = HealthServer(self.spec.host, self.spec.port, self.health)
+        except OSError as exc:
+            pid, cmd = ports.holder(self.spec.port)
+            who = f"pid {pid} ({cmd})" if pid else cmd
+            raise Conflict(f"the supervisor's port {self.spec.port} on {self.spec.host} is not available "
+                           f"({exc.strerror}; held by {who}); set supervisor.port in the overrides") from None
+        self.health_server.start()
         me = process.identity_of(os.getpid())
+        host, port = self.health_server.address
         atomic_write(self.paths.supervisor_address, json.dumps({
-            "pid": me.pid, "create_time": me.create_time, "sid": me.sid,
-            "host": self.http.server_address[0], "port": self.http.server_address[1],
-            "spec_digest": self.specs.get("digest"),
+            "pid": me.pid, "create_time": me.create_time, "sid": me.sid, "host": host, "port": port,
+            "spec_digest": self.spec.digest,
         }) + "\n", 0o600)
 
     def health(self) -> dict:
@@ -232,7 +171,7 @@ class Supervisor:
                   "stopping" if self.shutting_down else "starting")
         return {
             "status": status,
-            "spec_digest": self.specs.get("digest"),
+            "spec_digest": self.spec.digest,
             "supervisor": {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3)},
             "runtimes": runtimes,
         }
@@ -265,7 +204,7 @@ class Supervisor:
                     self._cleanup_session(rt)
                     self._crashed(rt, "exited")
                 elif kind == "start_timeout" and rt.state == State.STARTING:
-                    rt.last_error = f"not ready after {rt.spec['start_timeout_s']}s"
+                    rt.last_error = f"not ready after {rt.spec.start_timeout_s}s"
                     self._cleanup_session(rt)
                     self._crashed(rt, "start_timeout")
             self._write_processes()
@@ -285,17 +224,14 @@ class Supervisor:
                 self._start(rt)
 
     def _crashed(self, rt: Runtime, event: str) -> None:
-        """Backoff with jitter, or give up after max_failures within failure_window_s."""
-        restart = rt.spec["restart"]
         now = time.monotonic()
-        rt.failures = [t for t in rt.failures if now - t < restart["window_s"]] + [now]
-        if len(rt.failures) >= restart["max_failures"]:
+        rt.failures, delay = rt.spec.restart.after_failure(rt.failures, now)
+        if delay is None:
             rt.transition("give_up")
-            rt.last_error = f"{rt.last_error}; gave up after {len(rt.failures)} failures in {restart['window_s']}s"
+            rt.last_error = f"{rt.last_error}; gave up after {len(rt.failures)} failures in {rt.spec.restart.window_s}s"
             return
         rt.transition(event)
-        delay = min(restart["backoff_max_s"], restart["backoff_initial_s"] * 2 ** (len(rt.failures) - 1))
-        rt.next_start = now + delay * random.uniform(0.8, 1.2)
+        rt.next_start = now + delay
 
     def _start(self, rt: Runtime) -> None:
         with self.lock:
@@ -303,7 +239,7 @@ class Supervisor:
             rt.generation += 1
             rt.ready_at = None
             rt.last_probe_ms = None
-            port = rt.spec["port"]
+            port = rt.spec.port
             if not ports.is_free(port):
                 pid, cmd = ports.holder(port)
                 rt.last_error = (f"port {port} is held by {'pid ' + str(pid) + ' (' + cmd + ')' if pid else cmd}, "
@@ -311,8 +247,15 @@ class Supervisor:
                 rt.transition("give_up")
                 self._notify()
                 return
-            env = {**os.environ, **{k: expand_env(v, os.environ) for k, v in rt.spec.get("env", {}).items()}}
-            argv = [expand_env(a, os.environ) for a in rt.spec["argv"]]
+            try:
+                env = {**os.environ, **{k: expand_env(v, os.environ) for k, v in rt.spec.env}}
+                argv = [expand_env(a, os.environ) for a in rt.spec.argv]
+            except MissingSecret as missing:
+                rt.last_error = (f"{missing.var} is not set (or empty): refusing to start {rt.name} without its "
+                                 "API key; set it in the supervisor's environment")
+                rt.transition("give_up")
+                self._notify()
+                return
             read_end, write_end = os.pipe()
             try:
                 rt.popen = process.spawn(argv, env, write_end)
@@ -339,9 +282,8 @@ class Supervisor:
     def _watch(self, rt: Runtime, gen: int) -> None:
         """Poll the readiness probe with a growing interval; then wait for the process to exit."""
         popen = rt.popen
-        probe = urlparse(rt.spec["readiness"]["url"])
-        expect = rt.spec["readiness"].get("expect", 200)
-        deadline = time.monotonic() + rt.spec["start_timeout_s"]
+        probe = urlparse(rt.spec.readiness_url)
+        deadline = time.monotonic() + rt.spec.start_timeout_s
         delay = FIRST_PROBE_DELAY
         while True:
             rc = popen.poll()
@@ -349,7 +291,7 @@ class Supervisor:
                 self.events.put(("exited", rt, (gen, rc)))
                 return
             t0 = time.monotonic()
-            if probe_once(probe.hostname, probe.port, probe.path, expect):
+            if probe_once(probe.hostname, probe.port, probe.path, rt.spec.readiness_expect):
                 now = time.monotonic()
                 self.events.put(("ready", rt, (gen, (now, time.time(), round((now - t0) * 1000, 2)))))
                 break
@@ -369,49 +311,44 @@ class Supervisor:
     def _notify(self) -> None:
         states = [rt.state for rt in self.runtimes]
         summary = ", ".join(f"{rt.name} {rt.state.value}" for rt in self.runtimes)
-        try:
-            if not self.notified_ready and all(s == State.READY for s in states):
-                self.notified_ready = True
-                sd_notify(f"READY=1\nSTATUS=ready: {summary}")
-            else:
-                sd_notify(f"STATUS={summary}")
-        except OSError:
-            pass
+        if not self.notified_ready and all(s == State.READY for s in states):
+            self.notified_ready = True
+            sd_notify(f"READY=1\nSTATUS=ready: {summary}")
+        else:
+            sd_notify(f"STATUS={summary}")
 
     # --- stopping -------------------------------------------------------------------------------
     def _shutdown(self) -> None:
+        """Every runtime at once: its stop signal, its grace period, then SIGKILL."""
         self.shutting_down = True
-        try:
-            sd_notify("STOPPING=1")
-        except OSError:
-            pass
+        sd_notify("STOPPING=1")
+        targets, stopping = [], []
         for rt in self.runtimes:
             with self.lock:
                 if rt.state == State.STOPPED:
                     continue
                 rt.transition("stop")
                 rt.generation += 1
+            stopping.append(rt)
             if rt.ident is not None and rt.popen is not None:
-                sig = getattr(signal, rt.spec.get("stop_signal", "SIGTERM"))
-                process.stop_session(rt.ident, rt.popen, sig, rt.spec.get("grace_s", 10))
-                ports.wait_free(rt.spec["port"], 5.0)
+                targets.append(process.StopTarget(rt.ident, rt.popen, getattr(signal, rt.spec.stop_signal),
+                                                  rt.spec.grace_s))
+        process.stop_sessions(targets)
+        for rt in stopping:
+            ports.wait_free(rt.spec.port, 5.0)
             with self.lock:
                 rt.transition("stopped")
             rt.log.close()
-        if self.http is not None:
-            # Closing the socket is enough: the serving thread is a daemon and we are exiting.
-            # (shutdown() would wait out serve_forever's 0.5 s poll.)
-            self.http.server_close()
-        for path in (self.paths.state / "processes.json", self.paths.supervisor_address):
+        if self.health_server is not None:
+            self.health_server.close()
+        for path in (self.paths.processes, self.paths.supervisor_address):
             path.unlink(missing_ok=True)
-        if self._lock_fd is not None:
-            self.paths.supervisor_lock.unlink(missing_ok=True)
-            os.close(self._lock_fd)
+        self.instance.release()
 
     def _write_processes(self) -> None:
         records = {rt.name: rt.ident.to_json() for rt in self.runtimes
                    if rt.ident is not None and rt.state not in (State.STOPPED,)}
-        atomic_write(self.paths.state / "processes.json", json.dumps({"runtimes": records}) + "\n", 0o600)
+        atomic_write(self.paths.processes, json.dumps({"runtimes": records}) + "\n", 0o600)
 
 
 def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.0) -> bool:
@@ -433,7 +370,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def run_foreground(paths: Paths) -> int:
-    specs = _read_json(paths.runtimes)
-    if not specs or not specs.get("runtimes"):
+    data = _read_json(paths.runtimes)
+    if not data or not data.get("runtimes"):
         raise FarmhandError(f"no runtime specs at {paths.runtimes}; run `farmhand apply` first")
-    return Supervisor(paths, specs).run()
+    return Supervisor(paths, SupervisorSpec.from_json(data)).run()

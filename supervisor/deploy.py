@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import TEMPLATES
+from .llamafarm import TEMPLATES
 from .paths import Paths, resolve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def main() -> int:
     unit = unit_path(paths)
     scope = [] if paths.mode == "system" else ["--user"]
     atomic_write(unit, render_unit(paths), 0o644)
-    ledger = Ledger(paths.ledger)
+    ledger = Ledger(paths)
     ledger.add_resource("unit", unit, "deploy")
     ledger.save()
     client.down(paths)  # systemd takes over from the detached supervisor

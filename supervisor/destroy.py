@@ -11,23 +11,23 @@ import json
 import shutil
 from pathlib import Path
 
-from . import client, config, models
+from . import client, llamafarm, store
 from .ledger import Ledger
 from .paths import Paths
 
 
 def destroy(paths: Paths, purge_models: bool = False) -> dict:
     client.down(paths)
-    ledger = Ledger(paths.ledger)
+    ledger = Ledger(paths)
     removed, kept = [], []
     cfg = ledger.data.get("config", {})
     if cfg.get("path") and Path(cfg["path"]).exists():
         path = Path(cfg["path"])
-        if cfg.get("created") and models.sha256_file(path) == cfg.get("sha256"):
+        if cfg.get("created") and store.sha256_file(path) == cfg.get("sha256"):
             path.unlink()
             removed.append(str(path))
         else:
-            config.write_merged(path, _empty_runtime_doc(), set(cfg.get("managed", [])))
+            llamafarm.write_merged(path, _empty_runtime_doc(), set(cfg.get("managed", [])), cfg.get("default_written"))
             kept.append(f"{path} (farmhand's runtime entries removed; the rest is yours)")
     model_paths = {r["path"] for r in ledger.resources() if r["kind"] == "model"}
     for resource in reversed(ledger.resources()):
@@ -51,10 +51,10 @@ def destroy(paths: Paths, purge_models: bool = False) -> dict:
                  "artifacts": {k: v for k, v in ledger.data["artifacts"].items() if k.startswith("model:")}}
         from .ledger import atomic_write
 
-        atomic_write(ledger.store_index, json.dumps(index, indent=1) + "\n", 0o644)
+        atomic_write(ledger.store_index, json.dumps(index, indent=1) + "\n", 0o600)
     # State farmhand keeps outside the resource list: ledger, specs, logs, supervisor files.
-    for path in (paths.logs, paths.runtimes, paths.ledger, paths.state / "processes.json",
-                 paths.supervisor_address, paths.supervisor_lock, paths.cache / "memo.json"):
+    for path in (paths.logs, paths.runtimes, paths.deployment, paths.ledger, paths.processes,
+                 paths.supervisor_address, paths.supervisor_lock, paths.cache / "memo.json", paths.cache / "tmp"):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:

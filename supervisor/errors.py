@@ -45,3 +45,19 @@ class Unsupported(FarmhandError):
 
 class EnvironmentProblem(FarmhandError):
     exit_code = EXIT_ENVIRONMENT
+
+
+def from_os_error(exc: OSError) -> FarmhandError:
+    """One place that turns an OS error escaping a command into a one-line message and exit code."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return EnvironmentProblem(f"{where}no space left on device; free some space and re-run (work already "
+                                  "done is kept and resumed)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return EnvironmentProblem(f"{where}{exc.strerror}: farmhand cannot write there (check the owner and mode, "
+                                  "or use FARMHAND_HOME / --system)")
+    if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.ENOENT):
+        return BadInput(f"{where}{exc.strerror}")
+    return FarmhandError(f"{where}{exc.strerror or exc}")

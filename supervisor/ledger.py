@@ -4,9 +4,12 @@ One JSON file (state/ledger.json, mode 0600) written atomically under a lock. It
 - resources: paths farmhand created (dirs, files, venvs, models), in creation order;
 - artifacts: fingerprints of what steps produced (size, mtime, digest, version), so a no-op
   re-run trusts them instead of re-hashing multi-GB files;
-- selection: the profile and model the last apply chose (a re-run keeps them: stable plans);
-- config: what farmhand manages in llamafarm.yaml (file path, whether it created the file).
-Process identities live in the supervisor's own file (state/processes.json; see process.py).
+- selection: the profile and the model each role got at the last apply (a re-run keeps them:
+  stable plans, no network);
+- ports: the port each runtime (and the supervisor) was assigned, so a re-run keeps them;
+- config: what farmhand manages in llamafarm.yaml (file path, whether it created the file, the
+  entries and the default_model it wrote).
+Process identities live in the supervisor's own file (paths.processes; see process.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-LEDGER_VERSION = 1
+from .paths import Paths
+
+LEDGER_VERSION = 2
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
@@ -41,10 +46,11 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
 
 
 class Ledger:
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, paths: Paths):
+        self.path = paths.ledger
+        self.store_index = paths.store_index
         self.data: dict[str, Any] = {"version": LEDGER_VERSION, "resources": [], "artifacts": {},
-                                     "selection": {}, "config": {}}
+                                     "selection": {}, "ports": {}, "config": {}}
         if self.path.exists():
             try:
                 loaded = json.loads(self.path.read_text())
@@ -52,7 +58,15 @@ class Ledger:
                 from .errors import BadInput
 
                 raise BadInput(f"{self.path}:{exc.lineno}: ledger is not valid JSON ({exc.msg})") from None
+            if not isinstance(loaded, dict):
+                from .errors import BadInput
+
+                raise BadInput(f"{self.path}:1: ledger is not a JSON object")
+            if loaded.get("version", 1) < LEDGER_VERSION:
+                # 0.1 kept one model per profile; a 0.2 plan re-selects per role.
+                loaded.pop("selection", None)
             self.data.update(loaded)
+            self.data["version"] = LEDGER_VERSION
         elif self.store_index.exists():
             # After `destroy` without --purge-models only the model store is left; its index
             # lets a later apply trust those files and a later destroy purge them.
@@ -62,10 +76,6 @@ class Ledger:
                 self.data["artifacts"] = kept.get("artifacts", {})
             except json.JSONDecodeError:
                 pass
-
-    @property
-    def store_index(self) -> Path:
-        return self.path.parent.parent / "data" / "models" / "store.json"
 
     # resources ---------------------------------------------------------------------------------
     def add_resource(self, kind: str, path: Path, step: str) -> None:
@@ -88,6 +98,21 @@ class Ledger:
 
     def drop_artifact(self, key: str) -> None:
         self.data["artifacts"].pop(key, None)
+
+    # choices a re-run keeps ----------------------------------------------------------------------
+    def pinned_roles(self, profile: str) -> dict[str, dict]:
+        """{role: {"runtime"|"remote": name, "model": name}} from the last apply of `profile`."""
+        selection = self.data.get("selection") or {}
+        return dict(selection.get("roles") or {}) if selection.get("profile") == profile else {}
+
+    def pin_roles(self, profile: str, roles: dict[str, dict]) -> None:
+        self.data["selection"] = {"profile": profile, "roles": roles}
+
+    def ports(self) -> dict[str, int]:
+        return dict(self.data.get("ports") or {})
+
+    def set_ports(self, ports: dict[str, int]) -> None:
+        self.data["ports"] = dict(ports)
 
     def save(self) -> None:
         atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n", 0o600)

@@ -36,14 +36,17 @@ def _load() -> dict:
     return _data
 
 
-def remember(namespace: str, key: str, compute: Callable[[], object]) -> object:
-    """compute() once per (namespace, key); later calls (and later runs) read it back."""
+MISSING = object()
+
+
+def lookup(namespace: str, key: str) -> object:
+    """The remembered value, or MISSING."""
+    return _load().get(f"{namespace}:{key}", MISSING)
+
+
+def store(namespace: str, key: str, value: object) -> None:
     data = _load()
-    full = f"{namespace}:{key}"
-    if full in data:
-        return data[full]
-    value = compute()
-    data[full] = value
+    data[f"{namespace}:{key}"] = value
     if _file is not None:
         from .ledger import atomic_write
 
@@ -54,4 +57,12 @@ def remember(namespace: str, key: str, compute: Callable[[], object]) -> object:
             atomic_write(_file, json.dumps(data), 0o600)
         except OSError:
             pass  # a read-only cache only costs speed
+
+
+def remember(namespace: str, key: str, compute: Callable[[], object]) -> object:
+    """compute() once per (namespace, key); later calls (and later runs) read it back."""
+    value = lookup(namespace, key)
+    if value is MISSING:
+        value = compute()
+        store(namespace, key, value)
     return value

@@ -39,9 +39,24 @@ class Paths:
         return self.state / "ledger.json"
 
     @property
+    def store_index(self) -> Path:
+        """What `destroy` keeps of the ledger when it keeps the models (see ledger.py)."""
+        return self.models / "store.json"
+
+    @property
     def runtimes(self) -> Path:
         """The runtime specs apply rendered; the supervisor runs what is here."""
         return self.state / "runtimes.json"
+
+    @property
+    def deployment(self) -> Path:
+        """The deployment apply converged to (roles, models, remote entries): what `status` shows."""
+        return self.state / "deployment.json"
+
+    @property
+    def processes(self) -> Path:
+        """The supervisor's record of the runtime sessions it started (process identities)."""
+        return self.state / "processes.json"
 
     @property
     def supervisor_lock(self) -> Path:
@@ -54,6 +69,20 @@ class Paths:
     @property
     def overrides(self) -> Path:
         return self.config / "overrides.yaml"
+
+    @property
+    def downloads(self) -> Path:
+        """Release archives being fetched or kept for a re-install (verified by digest)."""
+        return self.cache / "downloads"
+
+    @property
+    def launcher_dir(self) -> Path:
+        """Where the `farmhand` launcher goes: a directory PATH usually has in this mode."""
+        if self.mode == "system":
+            return Path("/usr/local/bin")
+        if self.mode == "user":
+            return Path.home() / ".local" / "bin"
+        return self.data.parent / "bin"
 
     @property
     def wheelhouse(self) -> Path:

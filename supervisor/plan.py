@@ -1,45 +1,76 @@
-"""The plan: facts + profile -> the model choice -> runtime specs -> ordered idempotent steps.
+"""The plan: facts + profile -> deployment -> a graph of idempotent steps.
 
-build() decides everything and changes nothing; evaluate() runs every step's cheap check()
+build() decides everything and changes nothing: it tries the matching profiles best first
+(a profile whose default role cannot be served here falls back to the next, and the plan says
+why), selects what runs where (selection.py), assigns ports, and lays out the steps: installs
+(one per distinct install spec), model fetches, the runtime specs, the deployment record,
+llamafarm.yaml, the launcher and the supervisor. evaluate() runs every step's cheap check()
 (the `farmhand plan` output); apply() runs every preflight first, then only the steps that
-differ, independent ones in parallel (the backend builds while the model downloads).
+differ, independent ones in parallel (backends build while models download).
 """
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config, models, profiles, steps
-from .backends import get_backend
+from . import deployment, gguf, installers, memo, ports, profiles, sources, steps, store
+from .backends import Backend, get_backend
+from .deployment import DeploymentDecl, ModelSpec
 from .ledger import Ledger
 from .paths import Paths
-
-SUPERVISOR_PORT = 11545
-RESTART = {"max_failures": 5, "window_s": 60, "backoff_initial_s": 0.5, "backoff_max_s": 30}
+from .policy import RestartPolicy
+from .selection import Oracle, PlanRefused, Selection, select
+from .specs import RuntimeSpec, SupervisorSpec
 
 
 @dataclass
 class Plan:
     profile: dict
     match: profiles.Match
-    matches: list
-    model: dict
-    model_note: str
-    skipped: list[str]
-    specs: dict
+    matches: list[profiles.Match]
+    fallbacks: list[str]
+    decl: DeploymentDecl
+    selection: Selection
+    ports: dict[str, int]
+    renderer: SpecRenderer
+    entries: list[dict]
+    launcher: steps.LauncherStep
     steps: list[steps.Step] = field(default_factory=list)
-    install_problem: str | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.selection.warnings
 
     def to_json(self, statuses: list | None = None) -> dict:
+        sel = self.selection
+        spec = self.renderer.render()
+        by_name = {r.name: r for r in spec.runtimes}
         out = {
             "profile": {"name": self.profile["name"], "description": self.profile["description"],
                         "why": self.match.summary(), "source": self.profile.get("_source")},
-            "backend": self.profile["backend"]["name"],
-            "model": {"name": self.model["name"], "note": self.model_note, "skipped": self.skipped},
-            "install_problem": self.install_problem,
-            "runtimes": [{"name": r["name"], "port": r["port"], "argv": r["argv"]} for r in self.specs["runtimes"]],
+            "fell_back_from": self.fallbacks,
+            "default_role": sel.default_role,
+            "roles": [_role_json(b, sel, self.ports) for b in sel.roles],
+            "dropped_roles": sel.dropped,
+            "skipped": sel.skipped,
+            "runtimes": [{
+                "name": rt.name, "backend": rt.backend.name, "variant": rt.decl.variant,
+                "install": rt.install.method, "install_key": rt.install.key, "port": rt.port,
+                "url": rt.backend.base_url(rt.port), "devices": [d.id for d in rt.devices],
+                "split": rt.placement.split if rt.placement else None,
+                "models": [{"name": m.model.name, "roles": m.roles, "ctx_size": m.ctx_size, "source": m.source,
+                            "memory_bytes": m.estimate.total, "memory": m.estimate.text(),
+                            "basis": m.estimate.basis} for m in rt.models],
+                "argv": list(by_name[rt.name].argv), "env": dict(by_name[rt.name].env),
+                "notes": self.renderer.notes.get(rt.name, []),
+            } for rt in sel.runtimes.values()],
+            "unused_runtimes": sel.unused_runtimes,
+            "memory": sel.pool.summary(),
+            "supervisor_port": self.ports[ports.SUPERVISOR],
+            "warnings": self.warnings,
         }
         if statuses is not None:
             out["steps"] = [{"id": s.id, "status": "up to date" if st.up_to_date else "will change",
@@ -48,89 +79,255 @@ class Plan:
         return out
 
 
-def build(paths: Paths, facts: dict, ledger: Ledger, *, profile_name: str | None = None,
-          overrides: dict | None = None, overrides_source: str = "overrides", port: int | None = None,
-          reselect: bool = False, profiles_dir: Path = profiles.PROFILES_DIR, check_sources: bool = True) -> Plan:
+def _role_json(b, sel: Selection, port_map: dict[str, int]) -> dict:
+    if b.remote:
+        r = b.remote
+        return {"role": b.role, "remote": r.name, "provider": r.provider, "model": r.model, "url": r.base_url,
+                "api_key_env": r.api_key_env, "note": b.note}
+    rt = sel.runtimes[b.runtime]
+    served = next(m for m in rt.models if m.model.name == b.model)
+    return {"role": b.role, "runtime": rt.name, "backend": rt.backend.name, "model": b.model,
+            "model_id": rt.backend.model_id(served), "url": rt.backend.base_url(rt.port), "note": b.note}
+
+
+class SpecRenderer:
+    """The supervisor's runtimes.json for a selection. Rendered when asked, because the argv
+    depends on GGUF headers (a chat template) of files that earlier steps may only now fetch."""
+
+    def __init__(self, selection: Selection, paths: Paths, supervisor_port: int, settings: dict, header):
+        self.selection, self.paths, self.supervisor_port = selection, paths, supervisor_port
+        self.settings, self.header = settings, header
+        self.notes: dict[str, list[str]] = {}
+
+    def render(self) -> SupervisorSpec:
+        out = []
+        restart = RestartPolicy.from_json({
+            k: v for k, v in (("max_failures", self.settings.get("max_failures")),
+                              ("window_s", self.settings.get("failure_window_s"))) if v})
+        for rt in self.selection.runtimes.values():
+            for served in rt.models:
+                if served.info is None:
+                    served.info = self.header(served.model)
+            binary = installers.get(rt.install.method).binary(rt.install, self.paths)
+            launch = rt.backend.launch(rt, str(binary), self.paths)
+            self.notes[rt.name] = list(launch.notes)
+            probe = rt.backend.readiness_probe(rt.port)
+            out.append(RuntimeSpec(
+                name=rt.name, backend=rt.backend.name, argv=tuple(launch.argv), env=tuple(sorted(launch.env.items())),
+                port=rt.port, base_url=rt.backend.base_url(rt.port), readiness_url=probe.url,
+                readiness_expect=probe.expect, stop_signal=rt.backend.stop_signal,
+                grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
+                start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),
+                restart=restart, models=tuple(rt.backend.model_id(m) for m in rt.models),
+                devices=tuple(d.id for d in rt.devices)))
+        return SupervisorSpec(tuple(out), "127.0.0.1", self.supervisor_port)
+
+    def text(self) -> str:
+        return self.render().text()
+
+
+def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True) -> Oracle:
+    """The world as a live plan sees it: the store, the sources, the installers."""
+
+    def available(model: ModelSpec, backend: Backend) -> tuple[bool, str, str]:
+        usable = backend.usable_sources(model)
+        file_based = [u for u in usable if sources.get(u).delivers_file(u)]
+        if file_based and store.in_store(paths.models, model, ledger.artifact(f"model:{model.name}")):
+            return True, "in store", "store"
+        reasons = []
+        for uri in usable:
+            ok, why = sources.get(uri).reachable(uri) if check_sources else (True, "not checked")
+            if ok:
+                return True, why, uri
+            reasons.append(why)
+        return False, "no source reachable (" + "; ".join(reasons) + ")", ""
+
+    def install_problem(spec: installers.InstallSpec) -> str | None:
+        backend = get_backend(spec.backend)
+        return installers.get(spec.method).problem(spec, facts.get("tools")) or (
+            backend.pull_problem() if backend.own_store else None)
+
+    return Oracle(available=available,
+                  header=lambda model: model_header(paths, model, allow_network=check_sources),
+                  install_problem=install_problem)
+
+
+def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> gguf.GGUFInfo | None:
+    """A GGUF model's header: from the store (memoised by the file's fingerprint), else from
+    the first MB of an http(s)/hf source (memoised by URL; failures are not remembered)."""
+    if not model.is_gguf:
+        return None
+    path = store.store_path(paths.models, model)
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is not None:
+        key = memo.digest("file", str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+        def parse():
+            try:
+                return gguf.read_file(path).to_json()
+            except (gguf.GGUFError, OSError):
+                return None
+
+        data = memo.remember("gguf", key, parse)
+        return gguf.GGUFInfo.from_json(data) if data else None
+    if not allow_network:
+        return None
+    from .sources.http import HfSource, auth_headers
+
+    for uri in model.sources:
+        scheme = sources.scheme_of(uri)
+        if scheme not in ("http", "https", "hf") or not sources.get(uri).delivers_file(uri):
+            continue
+        url = HfSource().url(uri) if scheme == "hf" else uri
+        key = memo.digest("url", url)
+        data = memo.lookup("gguf", key)
+        if data is memo.MISSING:
+            try:
+                data = gguf.read_url(url, headers=auth_headers(url), timeout=sources.REACH_TIMEOUT * 2).to_json()
+            except Exception:  # noqa: BLE001 - any failure just means "no header": the plan says so
+                continue
+            memo.store("gguf", key, data)
+        return gguf.GGUFInfo.from_json(data)
+    return None
+
+
+def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profile_name: str | None = None,
+          overrides: dict | None = None, overrides_source: str = "overrides", port_args: dict | None = None,
+          reselect: bool = False, profiles_dir: Path = profiles.PROFILES_DIR, live: bool = True,
+          oracle: Oracle | None = None) -> Plan:
     all_profiles = profiles.load_profiles(profiles_dir)
-    match, matches = profiles.choose(all_profiles, facts, profile_name)
-    profile = profiles.apply_overrides(match.profile, overrides, overrides_source)
-    match.profile = profile
-    backend = get_backend(profile["backend"]["name"])
-    model, note, skipped = _choose_model(profile, facts, ledger, paths, reselect, check_sources)
+    order, matches = profiles.ranked(all_profiles, facts, profile_name)
+    pinned_profile = (ledger.data.get("selection") or {}).get("profile")
+    if not reselect and not profile_name:  # the last apply's profile first: stable, and no network
+        order.sort(key=lambda m: m.profile["name"] != pinned_profile)
+    oracle = oracle or make_oracle(paths, ledger, facts)
+    fallbacks: list[str] = []
+    first_refusal: PlanRefused | None = None
+    for match in order:
+        profile = profiles.apply_overrides(match.profile, overrides, overrides_source)
+        decl = deployment.from_profile(profile, f"profile {profile['name']}")
+        try:
+            selection = select(decl, facts, oracle, None if reselect else ledger.pinned_roles(profile["name"]))
+        except PlanRefused as refusal:
+            first_refusal = first_refusal or refusal
+            fallbacks.append(str(refusal))
+            continue
+        match.profile = profile
+        break
+    else:
+        tried = ", ".join(m.profile["name"] for m in order)
+        raise PlanRefused(f"{first_refusal} (tried {tried})" if len(order) > 1 else str(first_refusal))
+    return _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl, selection, port_args or {},
+                    live, oracle)
 
-    from . import ports
 
-    runtime_port = ports.validate(port if port is not None else profile["backend"].get("port", backend.default_port),
-                                  "runtime port")
-    sup = profile.get("supervisor", {})
-    install = backend.install_step(profile, paths, ledger)
-    binary = install.binary_path()
-    model_step = steps.ModelStep(model) if backend.model_store == "file" else None
-    model_path = model_step.path(steps.Context(paths, ledger, None, Path("."))) if model_step else None
-    launch = backend.launch(binary, runtime_port, model, model_path, profile, paths)
-    probe = backend.readiness_probe(runtime_port)
-    runtime = {
-        "name": backend.name, "backend": backend.name, "argv": launch.argv, "env": launch.env,
-        "port": runtime_port, "base_url": backend.base_url(runtime_port),
-        "readiness": {"url": probe.url, "expect": probe.expect},
-        "stop_signal": backend.stop_signal, "grace_s": sup.get("grace_s", backend.grace_s),
-        "start_timeout_s": sup.get("start_timeout_s", backend.start_timeout_s),
-        "restart": RESTART | {k: v for k, v in (("max_failures", sup.get("max_failures")),
-                                                ("window_s", sup.get("failure_window_s"))) if v},
-        "models": [model["name"]],
-    }
-    specs = {"supervisor": {"host": "127.0.0.1", "port": sup.get("port", SUPERVISOR_PORT)}, "runtimes": [runtime]}
-    specs["digest"] = steps.spec_digest(specs)
-    spec_text = _json(specs)
+def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl, selection, port_args, live,
+             oracle) -> Plan:
+    profile = match.profile
+    sup = profile.get("supervisor") or {}
+    requests, port_sources = _port_requests(decl, selection, port_args, sup)
+    assigned = ports.assign(requests, ledger.ports(), ports.PortCheck(paths) if live else (lambda port: True))
+    for rt in selection.runtimes.values():
+        rt.port = assigned[rt.name]
+    renderer = SpecRenderer(selection, paths, assigned[ports.SUPERVISOR], sup, oracle.header)
+    entries = llamafarm_entries(selection)
+    from . import llamafarm
 
-    entry = {"name": model["name"], "provider": backend.provider, "model": backend.model_id(model),
-             "base_url": backend.base_url(runtime_port), "default": True,
-             "description": f"{model['name']} on {backend.name} (127.0.0.1:{runtime_port}), managed by farmhand",
-             "api_key_env": profile["backend"].get("api_key_env")}
-    rendered = config.render([entry], profile["name"], Path(".").resolve())
+    rendered = llamafarm.render(entries, selection.default_role, profile["name"], project_dir)
+    config_path = project_dir / llamafarm.FILENAME
+    try:
+        existing = llamafarm.load_existing(config_path)
+    except deployment.BadInput:
+        existing = None  # the config step's preflight names the problem with file and line
+    selection.warnings.extend(llamafarm.reference_warnings(entries, existing, config_path))
+    launcher = steps.LauncherStep(paths)
+    plan_steps: list[steps.Step] = [launcher]
+    installs: dict[str, steps.InstallStep] = {}
+    for rt in selection.runtimes.values():
+        installs.setdefault(rt.install.key, steps.InstallStep(rt.install, rt.backend))
+    plan_steps += installs.values()
+    model_steps = {}
+    for rt in selection.runtimes.values():
+        for served in rt.models:
+            if served.via_store:
+                model_steps.setdefault(served.model.name, steps.ModelStep(served.model))
+    plan_steps += model_steps.values()
+    before_specs = tuple(s.id for s in plan_steps)
+    plan_steps.append(steps.FileStep("spec:runtimes.json", lambda p: p.runtimes, renderer.text, 0o600, before_specs))
+    plan_steps.append(steps.FileStep("state:deployment.json", lambda p: p.deployment,
+                                     _json(deployment_record(profile, selection, decl)), 0o600))
+    plan_steps.append(steps.ConfigStep(rendered, [e["name"] for e in entries], selection.default_role,
+                                       after=("spec:runtimes.json",)))
+    plan_steps.append(steps.RuntimeStep(renderer.render, port_sources,
+                                        after=("spec:runtimes.json", "config:llamafarm.yaml")))
+    return Plan(profile, match, matches, fallbacks, decl, selection, assigned, renderer, entries, launcher, plan_steps)
 
-    plan_steps: list[steps.Step] = [install]
-    after = [install.id]
-    if model_step:
-        plan_steps.append(model_step)
-        after.append(model_step.id)
-    plan_steps.append(steps.FileStep("spec:runtimes.json", lambda p: p.runtimes, spec_text, 0o600, tuple(after)))
-    plan_steps.append(steps.ConfigStep(rendered, [model["name"]], after=("spec:runtimes.json",)))
-    plan_steps.append(steps.RuntimeStep(specs, after=("spec:runtimes.json", "config:llamafarm.yaml")))
-    return Plan(profile, match, matches, model, note, skipped, specs, plan_steps,
-                install_problem=backend.install_problem(profile) if not install.binary() else None)
+
+def _port_requests(decl: DeploymentDecl, selection: Selection, port_args: dict, sup: dict):
+    """One PortRequest per runtime in use and one for the supervisor, with where each explicit
+    port came from (for messages)."""
+    requests, sources_ = [], {}
+    default_runtime = selection.binding(selection.default_role).runtime
+    unknown = [n for n in port_args if n is not None and n not in selection.runtimes]
+    if unknown:
+        raise deployment.BadInput(f"--port {unknown[0]}=...: no runtime {unknown[0]!r} in this plan; runtimes: "
+                                  f"{', '.join(selection.runtimes) or 'none'}")
+    if None in port_args and default_runtime is None:
+        raise deployment.BadInput("--port PORT: the default role is a remote model; name a runtime (--port NAME=PORT)")
+    for rt in selection.runtimes.values():
+        explicit, source = rt.decl.port, f"deployment.runtimes.{rt.name}.port"
+        if rt.name in port_args:
+            explicit, source = port_args[rt.name], f"--port {rt.name}="
+        elif rt.name == default_runtime and None in port_args:
+            explicit, source = port_args[None], "--port"
+        requests.append(ports.PortRequest(rt.name, rt.backend.default_port, explicit, source))
+        if explicit is not None:
+            sources_[rt.name] = source
+    sup_port = sup.get("port")
+    requests.append(ports.PortRequest(ports.SUPERVISOR, ports.SUPERVISOR_DEFAULT_PORT, sup_port, "supervisor.port"))
+    if sup_port:
+        sources_[ports.SUPERVISOR] = "supervisor.port"
+    return requests, sources_
+
+
+def llamafarm_entries(selection: Selection) -> list[dict]:
+    """One llamafarm.yaml model entry per role, named after the role."""
+    entries = []
+    for b in selection.roles:
+        if b.remote:
+            r = b.remote
+            entry = {"name": b.role, "description": f"{r.model} ({r.provider}), declared in the farmhand profile",
+                     "provider": r.provider, "model": r.model}
+            if r.base_url:
+                entry["base_url"] = r.base_url
+            if r.api_key_env:
+                entry["api_key"] = "${env:" + r.api_key_env + "}"
+        else:
+            rt = selection.runtimes[b.runtime]
+            served = next(m for m in rt.models if m.model.name == b.model)
+            entry = {"name": b.role,
+                     "description": f"{b.model} on {rt.name} (127.0.0.1:{rt.port}), managed by farmhand",
+                     "provider": rt.backend.provider, "model": rt.backend.model_id(served),
+                     "base_url": rt.backend.base_url(rt.port)}
+            if rt.decl.api_key_env:
+                entry["api_key"] = "${env:" + rt.decl.api_key_env + "}"
+        entry["default"] = b.role == selection.default_role
+        entries.append(entry | b.llamafarm)
+    return entries
+
+
+def deployment_record(profile: dict, selection: Selection, decl: DeploymentDecl) -> dict:
+    """What `farmhand status` shows besides the supervisor's view: every role, local and remote."""
+    roles = [{k: v for k, v in _role_json(b, selection, {}).items() if k != "note"} for b in selection.roles]
+    return {"profile": profile["name"], "default_role": selection.default_role, "roles": roles,
+            "dropped_roles": selection.dropped}
 
 
 def _json(data: dict) -> str:
-    import json
-
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
-
-
-def _choose_model(profile, facts, ledger, paths, reselect, check_sources):
-    """Keep the model the last apply chose for this profile (stable plans, no network on a
-    re-run); otherwise the first model that fits and can be had."""
-    selection = ledger.data.get("selection", {})
-    if not reselect and selection.get("profile") == profile["name"]:
-        pinned = next((m for m in profile["models"] if m["name"] == selection.get("model")), None)
-        if pinned is not None:
-            return pinned, "kept from the last apply (--reselect to try preferred models again)", []
-
-    def available(model: dict) -> tuple[bool, str]:
-        if models.in_store(paths.models, model, ledger.artifact(f"model:{model['name']}")):
-            return True, "in store"
-        if not check_sources:
-            return True, "sources not checked"
-        reasons = []
-        for uri in model["sources"]:
-            ok, why = models.source_reachable(uri)
-            if ok:
-                return True, why
-            reasons.append(why)
-        return False, "no source reachable (" + "; ".join(reasons) + ")"
-
-    model, skipped = profiles.choose_model(profile, facts, available)
-    return model, "first model that fits and can be fetched", skipped
 
 
 def evaluate(plan: Plan, ctx: steps.Context) -> list[tuple[steps.Step, steps.Status]]:
@@ -145,7 +342,8 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
             step.preflight(ctx)
     results: list[dict] = []
     done: set[str] = set()
-    pending = [(s, st) for s, st in statuses]
+    changed: set[str] = set()
+    pending = list(statuses)
     with ThreadPoolExecutor(max_workers=4) as pool:
         while pending:
             ready = [(s, st) for s, st in pending if all(d in done for d in s.after)]
@@ -154,11 +352,14 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
             futures = {}
             for step, status in ready:
                 pending.remove((step, status))
-                if status.up_to_date:
-                    results.append({"id": step.id, "changed": False, "detail": status.detail})
+                # What a step depends on may have just changed (a fetched model's header decides
+                # the runtime's argv): look again before deciding.
+                current = step.check(ctx) if changed.intersection(step.after) else status
+                if current.up_to_date:
+                    results.append({"id": step.id, "changed": False, "detail": current.detail})
                     done.add(step.id)
                     continue
-                ctx.report.line(f"- {step.id}: {status.detail}")
+                ctx.report.line(f"- {step.id}: {current.detail}")
                 futures[step.id] = (step, pool.submit(step.apply, ctx))
             error = None
             for step_id, (_step, future) in futures.items():
@@ -167,12 +368,13 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
                     results.append({"id": step_id, "changed": True, "detail": detail})
                     ctx.report.line(f"  {step_id}: {detail}")
                     done.add(step_id)
+                    changed.add(step_id)
                 except BaseException as exc:  # keep what the others did; re-raise the first
                     error = error or exc
             ctx.ledger.save()
             if error is not None:
                 raise error
-    ctx.ledger.data["selection"] = {"profile": plan.profile["name"], "model": plan.model["name"]}
+    ctx.ledger.pin_roles(plan.profile["name"], plan.selection.pins())
+    ctx.ledger.set_ports(plan.ports)
     ctx.ledger.save()
     return results
-

@@ -62,16 +62,24 @@ def session_members(ident: Identity) -> list[psutil.Process]:
 
     Linux does not hand out a pid that is still some session's id, so while any member lives
     the session id cannot belong to anyone else."""
-    members = []
+    return members_of_sessions([ident])[ident.sid]
+
+
+def members_of_sessions(idents: list[Identity]) -> dict[int, list[psutil.Process]]:
+    """session_members for several sessions in one scan of the process table."""
+    wanted = {i.sid: i.create_time for i in idents}
+    found: dict[int, list[psutil.Process]] = {sid: [] for sid in wanted}
+    me = os.getpid()
     for proc in psutil.process_iter(["pid", "create_time", "status"]):
         try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == os.getpid():
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == me:
                 continue
-            if os.getsid(proc.pid) == ident.sid and proc.info["create_time"] >= ident.create_time - 0.05:
-                members.append(proc)
+            sid = os.getsid(proc.pid)
+            if sid in wanted and proc.info["create_time"] >= wanted[sid] - 0.05:
+                found[sid].append(proc)
         except (OSError, psutil.Error):
             continue
-    return members
+    return found
 
 
 def become_subreaper() -> bool:
@@ -116,27 +124,49 @@ def signal_session(ident: Identity, sig: int) -> int:
     return sent
 
 
-def stop_session(ident: Identity, popen: subprocess.Popen | None, sig: int, grace_s: float) -> dict:
-    """Stop a runtime: `sig` to its session, `grace_s` to go, then SIGKILL; returns timings."""
+@dataclass
+class StopTarget:
+    ident: Identity
+    popen: subprocess.Popen | None
+    sig: int
+    grace_s: float
+
+
+def stop_sessions(targets: list[StopTarget], kill_wait_s: float = 5.0) -> list[dict]:
+    """Stop several runtimes at once: each one's signal to its session, then each one's grace
+    period (counted from the same moment), then SIGKILL for those still there. Returns timings."""
     t0 = time.monotonic()
-    signal_session(ident, sig)
-    deadline = t0 + grace_s
-    killed = False
-    while True:
-        leader_done = _leader_exited(ident, popen)
-        if leader_done and not session_members(ident):
-            break
-        if time.monotonic() >= deadline:
-            if not killed:
-                signal_session(ident, signal.SIGKILL)
-                killed = True
-                deadline = time.monotonic() + 5.0
-            else:
-                break
+    for t in targets:
+        signal_session(t.ident, t.sig)
+    deadlines = [t0 + t.grace_s for t in targets]
+    killed = [False] * len(targets)
+    results: list[dict | None] = [None] * len(targets)
+    pending = set(range(len(targets)))
+    while pending:
+        members = members_of_sessions([targets[i].ident for i in pending])
+        now = time.monotonic()
+        for i in sorted(pending):
+            t = targets[i]
+            if _leader_exited(t.ident, t.popen) and not members[t.ident.sid]:
+                results[i] = {"stopped_after_s": round(now - t0, 4), "killed": killed[i]}
+                pending.discard(i)
+            elif now >= deadlines[i]:
+                if killed[i]:
+                    results[i] = {"stopped_after_s": round(now - t0, 4), "killed": True, "lingering": True}
+                    pending.discard(i)
+                else:
+                    signal_session(t.ident, signal.SIGKILL)
+                    killed[i] = True
+                    deadlines[i] = now + kill_wait_s
         reap_zombies()
-        time.sleep(0.002 if time.monotonic() - t0 < 0.05 else 0.01)
-    reap_zombies()
-    return {"stopped_after_s": round(time.monotonic() - t0, 4), "killed": killed}
+        if pending:
+            time.sleep(0.002 if time.monotonic() - t0 < 0.05 else 0.01)
+    return [r or {} for r in results]
+
+
+def stop_session(ident: Identity, popen: subprocess.Popen | None, sig: int, grace_s: float) -> dict:
+    """Stop one runtime: `sig` to its session, `grace_s` to go, then SIGKILL; returns timings."""
+    return stop_sessions([StopTarget(ident, popen, sig, grace_s)])[0]
 
 
 def _leader_exited(ident: Identity, popen: subprocess.Popen | None) -> bool:
@@ -166,15 +196,14 @@ def reap_zombies(keep: set[int] = frozenset()) -> list[int]:
 
 def reap_leftovers(records: list[dict]) -> list[int]:
     """Kill what a dead supervisor left: every recorded session's live members (identity-checked)."""
+    idents = [Identity.from_json(r) for r in records]
+    members = [p for procs in members_of_sessions(idents).values() for p in procs]
     killed = []
-    for record in records:
-        ident = Identity.from_json(record)
-        members = session_members(ident)
-        for proc in members:
-            try:
-                proc.kill()
-                killed.append(proc.pid)
-            except psutil.Error:
-                pass
-        psutil.wait_procs(members, timeout=5)
+    for proc in members:
+        try:
+            proc.kill()
+            killed.append(proc.pid)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(members, timeout=5)
     return killed

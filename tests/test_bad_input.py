@@ -41,11 +41,11 @@ def test_malformed_profile_yaml_names_file_and_line(farmhand, profiles_copy):
 
 def test_unknown_backend_lists_known_ones(farmhand, profiles_copy):
     path = profiles_copy / "cpu-small.yaml"
-    path.write_text(path.read_text().replace("name: llama-server", "name: llamaserver"))
+    path.write_text(path.read_text().replace("backend: llama-server", "backend: llamaserver"))
     proc = farmhand.run("plan", "--profiles-dir", str(profiles_copy))
     assert proc.returncode == EXIT_BAD_INPUT
     err = one_line_error(proc)
-    assert "unknown backend 'llamaserver'" in err
+    assert f"{path}: deployment.runtimes.llama-server.backend: unknown backend 'llamaserver'" in err
     assert "known backends: lemonade, llama-server, ollama, vllm" in err
 
 
@@ -57,11 +57,11 @@ def test_port_out_of_range(farmhand, tmp_path, how):
         assert "70000" in proc.stderr and "range" in proc.stderr
     else:
         overrides = tmp_path / "o.yaml"
-        overrides.write_text("backend:\n  port: 70000\n")
+        overrides.write_text("deployment:\n  runtimes:\n    llama-server: {port: 70000}\n")
         proc = farmhand.run("apply", "--yes", "--overrides", str(overrides))
         assert proc.returncode == EXIT_BAD_INPUT
         err = one_line_error(proc)
-        assert "backend.port: 70000 is greater than the maximum of 65535" in err
+        assert "deployment.runtimes.llama-server.port: 70000 is greater than the maximum of 65535" in err
     assert not (farmhand.home / "state" / "ledger.json").exists()
     assert not (farmhand.project / "llamafarm.yaml").exists()
 
@@ -88,7 +88,8 @@ def test_model_digest_mismatch_removes_partial_and_shows_both(farmhand, tmp_path
     overrides = tmp_path / "o.yaml"
     overrides.write_text(
         "supervisor: {port: 0}\n"
-        "models:\n  - name: tiny\n    file: tiny.gguf\n    size_bytes: 1008\n"
+        "deployment: {roles: {default: {use: [tiny]}}}\n"
+        "models:\n  tiny:\n    file: tiny.gguf\n    size_bytes: 1008\n"
         f"    sha256: '{wrong}'\n    sources: ['file://{fake_model}']\n"
     )
     proc = farmhand.run("apply", "--yes", "--port", str(free_port()), "--overrides", str(overrides), timeout=1800)

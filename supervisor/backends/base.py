@@ -1,17 +1,31 @@
 """What every backend module provides: one place for each fact about a backend.
 
-A backend knows its default port, how it is started on a port (argv + env), its readiness
-probe, how it stops, which LlamaFarm provider speaks to it, how it is installed, and where
-its binary lives. The plan, the config writer and the supervisor only ask these questions.
+A backend knows its default port, which variants and install methods it has (and the
+parameters of each), which models it can serve and from which sources, how one model spans
+GPUs, how it is started on a port (argv + env), its readiness probe, how it stops, which
+LlamaFarm provider speaks to it, and (if it has its own store) how to pull into it. It holds
+nothing else: installing is installers/'s job, choosing and placing models is selection's.
 """
 
 from __future__ import annotations
 
-import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .. import sources
+from ..deployment import ModelSpec, RuntimeDecl
+from ..installers import InstallSpec
 from ..paths import Paths
+
+if TYPE_CHECKING:
+    from ..selection import RuntimePlan, ServedModel
+
+VISIBLE_DEVICES = {  # how each vendor's runtime libraries are told which GPUs to use
+    "nvidia": {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "{ids}"},
+    "amd": {"ROCR_VISIBLE_DEVICES": "{ids}"},
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,7 @@ class ReadinessProbe:
 class Launch:
     argv: list[str]
     env: dict[str, str]
+    notes: tuple[str, ...] = ()  # what the plan should tell about choices made here
 
 
 class Backend:
@@ -36,13 +51,55 @@ class Backend:
     grace_s: float = 10.0
     start_timeout_s: float = 120.0
     executable: str = ""
-    # Model store: "file" backends serve a file from farmhand's store; "self" backends pull into
-    # their own store through their API (Ollama, Lemonade) or cache (vLLM).
-    model_store: str = "file"
+    variants: tuple[str, ...] = ("cpu",)
+    install_methods: tuple[str, ...] = ("path",)  # the first is the default
+    models_per_process: int | None = 1  # None: any number (it loads and unloads on demand)
+    split: str | None = None  # how one model spans GPUs: "layer" | "tensor" | "scheduler"
+    default_ctx: int = 4096
+    own_store: bool = False  # models are pulled or imported into the backend's own store
 
-    def host(self) -> str:
-        return "127.0.0.1"
+    # --- installation -----------------------------------------------------------------------
+    def install_params(self, method: str, variant: str) -> dict:
+        """This backend's parameters for an install method (the user's install settings override)."""
+        return {"executable": self.executable} if method == "path" else {}
 
+    def install_spec(self, decl: RuntimeDecl) -> InstallSpec:
+        declared = {k: v for k, v in decl.install.items() if k != "method"}
+        params = self.install_params(decl.install["method"], decl.variant) | declared
+        return InstallSpec.make(self.name, decl.install["method"], decl.variant, params)
+
+    def version_of(self, binary: Path) -> str | None:
+        """The installed version, from `BINARY --version` (None when it cannot tell)."""
+        try:
+            out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        text = (out.stdout + out.stderr).strip()
+        return self.parse_version(text) if out.returncode == 0 and text else None
+
+    def parse_version(self, text: str) -> str:
+        return text.splitlines()[-1][:80]
+
+    # --- models -----------------------------------------------------------------------------
+    def usable_sources(self, model: ModelSpec) -> list[str]:
+        """The sources of `model` this backend can be given, in the model's order of preference."""
+        return [uri for uri in model.sources if sources.get(uri).delivers_file(uri)] if model.is_gguf else []
+
+    def cannot_serve(self, model: ModelSpec) -> str | None:
+        if not self.usable_sources(model):
+            return f"{self.name} cannot serve {model.name} from {', '.join(model.sources)}"
+        return None
+
+    def pull_problem(self) -> str | None:
+        """For own-store backends: why farmhand cannot put models into this store (None: it can)."""
+        return None
+
+    def model_id(self, served: ServedModel) -> str:
+        """The model name clients send (the `model` field in llamafarm.yaml)."""
+        return served.model.name
+
+    # --- running ----------------------------------------------------------------------------
     def base_url(self, port: int) -> str:
         """What llamafarm.yaml's base_url says for a model served on `port`."""
         return f"http://127.0.0.1:{port}/v1"
@@ -50,31 +107,19 @@ class Backend:
     def readiness_probe(self, port: int) -> ReadinessProbe:
         raise NotImplementedError
 
-    def launch(self, binary: str, port: int, model: dict, model_path: Path | None, profile: dict,
-               paths: Paths) -> Launch:
+    def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
         raise NotImplementedError
 
-    def model_id(self, model: dict) -> str:
-        """The model name clients send (the `model` field in llamafarm.yaml)."""
-        return model["name"]
+    def visible_devices(self, runtime: RuntimePlan) -> dict[str, str]:
+        """Env that pins a GPU runtime to the devices the plan gave it."""
+        gpus = [d for d in runtime.devices if d.kind == "gpu"]
+        if not gpus:
+            return {}
+        env = VISIBLE_DEVICES.get(gpus[0].vendor, {})
+        ids = ",".join(str(d.index) for d in gpus)
+        return {k: v.format(ids=ids) for k, v in env.items()}
 
-    # --- installation -----------------------------------------------------------------------
-
-    def find_on_path(self) -> str | None:
-        return shutil.which(self.executable) if self.executable else None
-
-    def install_problem(self, profile: dict) -> str | None:
-        """Why apply cannot install this backend here, or None when it can."""
-        method = profile["backend"].get("install", {}).get("method", "path")
-        if method == "path":
-            return None if self.find_on_path() else (
-                f"{self.name}: `{self.executable}` is not on PATH and farmhand cannot install it yet; "
-                f"install {self.name} (see docs/backends.md) and re-run"
-            )
-        return f"{self.name}: install method {method!r} is not implemented yet"
-
-    def install_step(self, profile: dict, paths: Paths, ledger):
-        """The Step that makes this backend present; default: it must already be on PATH."""
-        from ..steps import PathBinaryStep
-
-        return PathBinaryStep(self)
+    def api_key_env(self, runtime: RuntimePlan) -> dict[str, str]:
+        """The runtime's API key as an env var the backend reads; the spec holds only the
+        ${env:VAR} reference, resolved by the supervisor at spawn (never argv, never a file)."""
+        return {}

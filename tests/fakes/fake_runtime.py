@@ -19,6 +19,7 @@ parser.add_argument("--ready-after", type=float, default=0.0, help="answer 503 u
 parser.add_argument("--crash-after", type=float, default=None, help="exit 1 this long after start")
 parser.add_argument("--exit-immediately", action="store_true")
 parser.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM (needs SIGKILL)")
+parser.add_argument("--stop-delay", type=float, default=0.0, help="take this long to exit after SIGTERM")
 parser.add_argument("--fork-child", action="store_true", help="leave a background child in the session")
 parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 args = parser.parse_args()
@@ -34,6 +35,12 @@ if args.exit_immediately:
     sys.exit(3)
 if args.ignore_term:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+elif args.stop_delay:
+    def _slow_exit(*_):
+        time.sleep(args.stop_delay)  # a server flushing and closing, like llama-server's ~50 ms-1.2 s
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, _slow_exit)
 if args.fork_child:
     subprocess.Popen([sys.executable, __file__, "--port", "0", "--child"], stdout=subprocess.DEVNULL)
 started = time.monotonic()

@@ -1,8 +1,10 @@
 """llamafarm.yaml: rendered from templates/ with jinja2, merged into the user's file, validated
-against LlamaFarm's schema, written atomically with a timestamped backup of the old file.
+against LlamaFarm's schema, written atomically with a timestamped backup of the old file
+(the last BACKUPS_KEPT are kept).
 
-farmhand owns the runtime.models entries it wrote (remembered by name in the ledger) and
-runtime.default_model while it points at one of them. Everything else a user wrote, comments
+farmhand owns the runtime.models entries it wrote (one per role, remembered by name in the
+ledger) and runtime.default_model while it holds the value farmhand wrote. A default_model the
+user set to an entry that exists is theirs and stays. Everything else a user wrote, comments
 included (ruamel.yaml round-trip), survives every run.
 """
 
@@ -21,31 +23,37 @@ from .ledger import atomic_write
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 FILENAME = "llamafarm.yaml"
+BACKUPS_KEPT = 5
 
 
-def render(models: list[dict], profile: str, project_dir: Path) -> str:
+def render(entries: list[dict], default_model: str, profile: str, project_dir: Path) -> str:
+    """llamafarm.yaml text for farmhand's entries. Values are written as JSON (valid YAML),
+    so any field LlamaFarm accepts on a model (prompts, model_api_parameters, tools...) passes
+    through unchanged."""
     from . import memo
 
     template = (TEMPLATES / "llamafarm.yaml.j2").read_text()
-    key = memo.digest(template, models, profile, str(project_dir.resolve()), __version__)
-    return memo.remember("render", key, lambda: _render(models, profile, project_dir))
+    key = memo.digest(template, entries, default_model, profile, str(project_dir.resolve()), __version__)
+    return memo.remember("render", key, lambda: _render(entries, default_model, profile, project_dir))
 
 
-def _render(models: list[dict], profile: str, project_dir: Path) -> str:
+def _render(entries: list[dict], default_model: str, profile: str, project_dir: Path) -> str:
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)  # noqa: S701 - YAML, not HTML
     name = re.sub(r"[^a-z0-9_-]+", "-", project_dir.resolve().name.lower()).strip("-") or "llamafarm"
-    default = next((m["name"] for m in models if m.get("default")), models[0]["name"])
     return env.get_template("llamafarm.yaml.j2").render(
         farmhand_version=__version__, profile=profile, name=name, namespace="default",
-        default_model=default, models=models,
+        default_model=default_model, entries=entries,
     )
 
 
-def merged(existing: dict, desired: dict, previously_managed: set[str]) -> dict:
-    """The user's document with farmhand's runtime entries brought up to date (plain dicts)."""
+def merged(existing: dict, desired: dict, previously_managed: set[str], written_default: str | None = None) -> dict:
+    """The user's document with farmhand's runtime entries brought up to date (plain dicts).
+
+    `written_default` is the default_model farmhand wrote last time: a different value that
+    names an existing entry was set by the user and is kept."""
     doc = copy.deepcopy(existing)
     for key in ("version", "name", "namespace"):
         doc.setdefault(key, desired[key])
@@ -62,14 +70,37 @@ def merged(existing: dict, desired: dict, previously_managed: set[str]) -> dict:
         elif name not in managed:
             result.append(entry)
     result += [m for n, m in wanted.items() if n not in placed]
-    runtime["models"] = result
     names = {m.get("name") for m in result if isinstance(m, dict)}
-    current_default = runtime.get("default_model")
-    if wanted and (current_default is None or current_default in managed or current_default not in names):
+    current = runtime.get("default_model")
+    users_choice = current is not None and current != written_default and current in names
+    if wanted and not users_choice:
         runtime["default_model"] = desired["runtime"]["default_model"]
-    elif not wanted and current_default in managed:
+    elif not wanted and current is not None and (current == written_default or current not in names):
         runtime.pop("default_model", None)
+    final = runtime.get("default_model")
+    result = [dict(m, default=m["name"] == final) if isinstance(m, dict) and m.get("name") in wanted else m
+              for m in result]
+    runtime["models"] = result
     return doc
+
+
+def reference_warnings(entries: list[dict], existing: dict | None, path: Path) -> list[str]:
+    """Roles naming prompt sets or MCP servers that the project's llamafarm.yaml does not
+    define (those sections are the user's; LlamaFarm would fail on the dangling name)."""
+    doc = existing or {}
+    prompts = {p.get("name") for p in doc.get("prompts") or [] if isinstance(p, dict)}
+    mcp = doc.get("mcp") if isinstance(doc.get("mcp"), dict) else {}
+    servers = {s.get("name") for s in mcp.get("servers") or [] if isinstance(s, dict)}
+    out = []
+    for entry in entries:
+        for name in entry.get("prompts") or []:
+            if name not in prompts:
+                out.append(f"role {entry['name']}: prompt set {name!r} is not defined in {path} (add it under prompts:)")
+        for name in entry.get("mcp_servers") or []:
+            if name not in servers:
+                out.append(f"role {entry['name']}: MCP server {name!r} is not defined in {path} (add it under "
+                           "mcp.servers:)")
+    return out
 
 
 def validate(doc: dict, source: str) -> None:
@@ -87,7 +118,8 @@ def load_existing(path: Path) -> dict | None:
     return doc
 
 
-def write_merged(path: Path, desired_text: str, previously_managed: set[str]) -> Path | None:
+def write_merged(path: Path, desired_text: str, previously_managed: set[str],
+                 written_default: str | None = None) -> Path | None:
     """Write the merged document; returns the backup path when an old file was replaced."""
     desired = yamlio.load_text(desired_text, "template llamafarm.yaml.j2")
     existing = load_existing(path)
@@ -95,16 +127,27 @@ def write_merged(path: Path, desired_text: str, previously_managed: set[str]) ->
         validate(desired, str(path))
         atomic_write(path, desired_text, 0o644)
         return None
-    plain = merged(existing, desired, previously_managed)
+    plain = merged(existing, desired, previously_managed, written_default)
     validate(plain, str(path))
-    text = _round_trip(path, desired, previously_managed)
+    text = _round_trip(path, desired, previously_managed, written_default)
     backup = path.with_name(f"{path.name}.farmhand-backup-{time.strftime('%Y%m%dT%H%M%S')}")
+    n = 1
+    while backup.exists():  # two writes within one second keep both backups
+        backup = path.with_name(f"{path.name}.farmhand-backup-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
+        n += 1
     shutil.copy2(path, backup)
     atomic_write(path, text, path.stat().st_mode & 0o777)
+    for old in backups(path)[:-BACKUPS_KEPT]:
+        old.unlink(missing_ok=True)
     return backup
 
 
-def _round_trip(path: Path, desired: dict, previously_managed: set[str]) -> str:
+def backups(path: Path) -> list[Path]:
+    """farmhand's backups of `path`, oldest first."""
+    return sorted(path.parent.glob(f"{path.name}.farmhand-backup-*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def _round_trip(path: Path, desired: dict, previously_managed: set[str], written_default: str | None) -> str:
     """Apply the same merge through ruamel.yaml so the user's comments and order survive."""
     from ruamel.yaml import YAML
 
@@ -112,7 +155,7 @@ def _round_trip(path: Path, desired: dict, previously_managed: set[str]) -> str:
     yaml.preserve_quotes = True
     yaml.indent(mapping=2, sequence=4, offset=2)
     doc = yaml.load(path.read_text()) or {}
-    plain = merged(_plain(doc), desired, previously_managed)
+    plain = merged(_plain(doc), desired, previously_managed, written_default)
     for key in ("version", "name", "namespace"):
         if key not in doc:
             doc[key] = plain[key]

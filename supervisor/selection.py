@@ -1,0 +1,248 @@
+"""Selection: a declared deployment + host facts -> what runs where on this host.
+
+Roles are served in order, the default role first. For each role the first candidate that can
+run here wins:
+  - its runtime's backend can serve the model from a source it can use;
+  - the runtime can be installed here (toolchain, binary on PATH, ...) and, for backends with
+    their own model store, farmhand can put models into it;
+  - a source can deliver the model now (or the store already has it);
+  - the runtime has room for another model (llama-server and vLLM serve one per process);
+  - the model fits in memory beside everything placed before it (memory.py).
+Every candidate passed over keeps its reason, so `plan` can say why it fell back. A role
+with no candidate left is dropped with its reasons; the default role cannot be dropped: the
+plan is refused with the per-device sums. A runtime no role chose is not installed or started.
+
+Nothing here touches the host: what the world says (is a source reachable, what does a GGUF
+header hold, can this be installed) comes through an Oracle, which tests replace.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import sources
+from .backends import Backend, get_backend
+from .deployment import Candidate, DeploymentDecl, ModelSpec, RemoteDecl, RoleDecl, RuntimeDecl
+from .errors import Unsupported
+from .gguf import GGUFInfo
+from .installers import InstallSpec
+from .memory import Device, DevicePool, Estimate, Placement, devices_from_facts, estimate
+
+
+class PlanRefused(Unsupported):
+    """The default role cannot be served on this host (exit 5, like a backend that cannot be installed)."""
+
+
+@dataclass
+class Oracle:
+    """What selection asks of the world. `available(model, backend)` -> (ok, why, source);
+    `header(model)` -> GGUFInfo or None; `install_problem(spec)` -> why this install (and, for a
+    backend with its own store, filling that store) cannot happen here, or None."""
+
+    available: Callable[[ModelSpec, Backend], tuple[bool, str, str]]
+    header: Callable[[ModelSpec], GGUFInfo | None]
+    install_problem: Callable[[InstallSpec], str | None]
+
+
+@dataclass
+class ServedModel:
+    model: ModelSpec
+    roles: list[str]
+    ctx_size: int
+    estimate: Estimate
+    source: str  # "store" (farmhand has it), "kept" (pinned by the last apply), or the URI that delivers it
+    info: GGUFInfo | None
+    pinned_source: str = ""  # with "kept": the source the last apply used
+
+    @property
+    def via_store(self) -> bool:
+        """Delivered as a file into farmhand's store (else the backend pulls it itself)."""
+        src = self.pinned_source if self.source == "kept" else self.source
+        return src == "store" or ("://" in src and sources.get(src).delivers_file(src))
+
+
+@dataclass
+class RuntimePlan:
+    decl: RuntimeDecl
+    backend: Backend
+    install: InstallSpec
+    pool: DevicePool
+    placement: Placement | None = None
+    models: list[ServedModel] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    @property
+    def devices(self) -> list[Device]:
+        return [self.pool.device(d) for d in self.placement.devices] if self.placement else []
+
+    def used_on(self, device_id: str) -> int:
+        labels = {m.model.name for m in self.models}
+        return sum(i.estimate.total for i in self.pool.items.get(device_id, []) if i.label in labels)
+
+    def grantable_fraction(self, device: Device) -> float:
+        """What this runtime may claim of a device: its own share plus what nobody was given."""
+        free = self.pool.free(device.id) or 0
+        return (self.used_on(device.id) + max(free, 0)) / device.total_bytes
+
+
+@dataclass(frozen=True)
+class RoleBinding:
+    role: str
+    runtime: str | None
+    model: str | None
+    remote: RemoteDecl | None
+    llamafarm: dict
+    note: str
+
+
+@dataclass
+class Selection:
+    profile: str
+    runtimes: dict[str, RuntimePlan]
+    roles: list[RoleBinding]
+    default_role: str
+    dropped: dict[str, list[str]]
+    skipped: dict[str, list[str]]
+    unused_runtimes: list[str]
+    pool: DevicePool
+    warnings: list[str]
+
+    def binding(self, role: str) -> RoleBinding:
+        return next(b for b in self.roles if b.role == role)
+
+    def pins(self) -> dict[str, dict]:
+        """What a re-run keeps (ledger.pin_roles)."""
+        pins = {}
+        for b in self.roles:
+            if b.remote:
+                pins[b.role] = {"remote": b.remote.name}
+                continue
+            served = next(m for m in self.runtimes[b.runtime].models if m.model.name == b.model)
+            source = served.source if served.source not in ("kept",) else served.pinned_source
+            pins[b.role] = {"runtime": b.runtime, "model": b.model, "source": source}
+        return pins
+
+
+def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, dict] | None = None) -> Selection:
+    pool = DevicePool(devices_from_facts(facts, decl.memory))
+    plans: dict[str, RuntimePlan] = {}
+    bindings: dict[str, RoleBinding] = {}
+    dropped: dict[str, list[str]] = {}
+    skipped: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    pinned = pinned or {}
+    for role in decl.ordered_roles():
+        order = list(enumerate(role.use))
+        pin = _pinned_candidate(role, pinned.get(role.name))
+        if pin is not None:
+            order.insert(0, (-1, pin))
+        reasons: list[str] = []
+        for index, cand in order:
+            if cand.remote:
+                remote = decl.remote[cand.remote]
+                bindings[role.name] = RoleBinding(role.name, None, None, remote, role.llamafarm,
+                                                  _note(index, len(role.use)))
+                if remote.api_key_env and not os.environ.get(remote.api_key_env):
+                    warnings.append(f"role {role.name}: {remote.api_key_env} is not set; LlamaFarm cannot call "
+                                    f"{remote.model} at {remote.base_url or remote.provider} until it is")
+                break
+            why = _try_local(decl, role, cand, plans, pool, oracle,
+                             kept=(pinned.get(role.name) or {}).get("source") if index == -1 else None)
+            if why is None:
+                bindings[role.name] = RoleBinding(role.name, cand.runtime, cand.model, None, role.llamafarm,
+                                                  _note(index, len(role.use)))
+                break
+            reasons.append(f"{cand.describe()}: {why}")
+        else:
+            if role.name == decl.default_role:
+                raise PlanRefused(f"profile {decl.profile}: the default role {role.name!r} cannot be served here: "
+                                  + "; ".join(dict.fromkeys(reasons)))
+            dropped[role.name] = list(dict.fromkeys(reasons))
+            continue
+        if reasons:
+            skipped[role.name] = list(dict.fromkeys(reasons))
+    used = {name: plan for name, plan in plans.items() if plan.models}
+    declared_order = [r for r in decl.roles if r in bindings]
+    return Selection(
+        profile=decl.profile, runtimes={n: used[n] for n in decl.runtimes if n in used},
+        roles=[bindings[r] for r in declared_order], default_role=decl.default_role, dropped=dropped,
+        skipped=skipped, unused_runtimes=[n for n in decl.runtimes if n not in used], pool=pool, warnings=warnings)
+
+
+def _pinned_candidate(role: RoleDecl, pin: dict | None) -> Candidate | None:
+    if not pin:
+        return None
+    for cand in role.use:
+        if (pin.get("remote") and cand.remote == pin["remote"]) or (
+                cand.model and cand.model == pin.get("model") and cand.runtime == pin.get("runtime")):
+            return cand
+    return None
+
+
+def _note(index: int, count: int) -> str:
+    if index == -1:
+        return "kept from the last apply (--reselect to try the preferred candidates again)"
+    if index == 0:
+        return "first choice"
+    return f"candidate {index + 1} of {count}"
+
+
+def _try_local(decl: DeploymentDecl, role: RoleDecl, cand: Candidate, plans: dict[str, RuntimePlan],
+               pool: DevicePool, oracle: Oracle, kept: str | None) -> str | None:
+    """Serve `role` with `cand` (committing memory and the runtime), or say why not."""
+    rt_decl = decl.runtimes[cand.runtime]
+    backend = get_backend(rt_decl.backend)
+    model = decl.models[cand.model]
+    ctx = cand.ctx_size or model.ctx_size or backend.default_ctx
+    problem = backend.cannot_serve(model)
+    if problem:
+        return problem
+    plan = plans.get(rt_decl.name)
+    if plan is None:
+        install = backend.install_spec(rt_decl)
+        problem = oracle.install_problem(install)
+        if problem:
+            return f"cannot be installed here: {problem}"
+        plan = RuntimePlan(rt_decl, backend, install, pool)
+    existing = next((m for m in plan.models if m.model.name == model.name), None)
+    if existing is None and backend.models_per_process and len(plan.models) >= backend.models_per_process:
+        served = ", ".join(m.model.name for m in plan.models)
+        return (f"{backend.name} serves {backend.models_per_process} model per process and {rt_decl.name} already "
+                f"serves {served}; declare another runtime for it")
+    if kept is not None:
+        source = "kept"
+    else:
+        ok, why, source = oracle.available(model, backend)
+        if not ok:
+            return why
+    info = oracle.header(model)
+    if existing is not None:  # another role of a model this runtime already serves: only the context may grow
+        if ctx > existing.ctx_size:
+            bigger = estimate(model, info, ctx)
+            delta = Estimate(0, bigger.kv - existing.estimate.kv, 0, bigger.basis)
+            if not pool.fits(plan.placement, delta):
+                return "the larger context does not fit: " + pool.no_room(list(plan.placement.devices), delta)
+            pool.commit(plan.placement, model.name, delta)
+            existing.ctx_size, existing.estimate = ctx, bigger
+        existing.roles.append(role.name)
+        return None
+    need = estimate(model, info, ctx)
+    if plan.placement is None:
+        placement = pool.place(rt_decl.variant, rt_decl.gpus, backend.split, need)
+        if isinstance(placement, str):
+            return placement
+    else:
+        placement = plan.placement
+        if not pool.fits(placement, need):
+            return pool.no_room(list(placement.devices), need)
+    pool.commit(placement, model.name, need)
+    plan.placement = placement
+    plan.models.append(ServedModel(model, [role.name], ctx, need, source, info, kept or ""))
+    plans[rt_decl.name] = plan
+    return None

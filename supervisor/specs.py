@@ -1,0 +1,83 @@
+"""What the supervisor runs: runtimes.json, written by apply, read by `farmhand run`.
+
+One RuntimeSpec per runtime holds everything the supervisor needs to start, probe, restart
+and stop it; the file is the only contract between the plan and the daemon. Secrets appear
+only as ${env:VAR} references, resolved when the process is spawned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from .policy import RestartPolicy
+
+LOG_MAX_BYTES = 10 << 20
+LOG_BACKUPS = 3
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    name: str
+    backend: str
+    argv: tuple[str, ...]
+    port: int
+    readiness_url: str
+    env: tuple[tuple[str, str], ...] = ()
+    readiness_expect: int = 200
+    base_url: str | None = None
+    stop_signal: str = "SIGTERM"
+    grace_s: float = 10.0
+    start_timeout_s: float = 120.0
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    models: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_backups: int = LOG_BACKUPS
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "backend": self.backend, "argv": list(self.argv), "env": dict(self.env),
+                "port": self.port, "base_url": self.base_url,
+                "readiness": {"url": self.readiness_url, "expect": self.readiness_expect},
+                "stop_signal": self.stop_signal, "grace_s": self.grace_s, "start_timeout_s": self.start_timeout_s,
+                "restart": self.restart.to_json(), "models": list(self.models), "devices": list(self.devices),
+                "log_max_bytes": self.log_max_bytes, "log_backups": self.log_backups}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RuntimeSpec:
+        return cls(name=data["name"], backend=data.get("backend", "?"), argv=tuple(data["argv"]),
+                   env=tuple(sorted((data.get("env") or {}).items())), port=int(data["port"]),
+                   base_url=data.get("base_url"), readiness_url=data["readiness"]["url"],
+                   readiness_expect=data["readiness"].get("expect", 200),
+                   stop_signal=data.get("stop_signal", "SIGTERM"), grace_s=float(data.get("grace_s", 10.0)),
+                   start_timeout_s=float(data.get("start_timeout_s", 120.0)),
+                   restart=RestartPolicy.from_json(data.get("restart")), models=tuple(data.get("models") or ()),
+                   devices=tuple(data.get("devices") or ()),
+                   log_max_bytes=int(data.get("log_max_bytes", LOG_MAX_BYTES)),
+                   log_backups=int(data.get("log_backups", LOG_BACKUPS)))
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    runtimes: tuple[RuntimeSpec, ...]
+    host: str = "127.0.0.1"
+    port: int = 0  # the supervisor's /health; 0: any free port
+
+    @property
+    def digest(self) -> str:
+        body = {"host": self.host, "port": self.port, "runtimes": [r.to_json() for r in self.runtimes]}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_json(self) -> dict:
+        return {"supervisor": {"host": self.host, "port": self.port},
+                "runtimes": [r.to_json() for r in self.runtimes], "digest": self.digest}
+
+    def text(self) -> str:
+        return json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, data: dict) -> SupervisorSpec:
+        sup = data.get("supervisor") or {}
+        return cls(tuple(RuntimeSpec.from_json(r) for r in data.get("runtimes") or ()),
+                   sup.get("host", "127.0.0.1"), int(sup.get("port", 0)))

@@ -1,0 +1,84 @@
+"""The model store: fetch a model from the first source that works, verify it, keep it.
+
+Every fetch lands in a `.partial` file beside its final name; only a file whose size, sha256
+and (for GGUF) magic check out takes the final name. A mismatch deletes the partial file and
+names both digests. The ledger keeps a fingerprint of each verified file so a re-run trusts
+it without re-hashing. Which sources exist and how they deliver is sources/'s business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from . import sources
+from .deployment import ModelSpec
+from .errors import EnvironmentProblem, FarmhandError, VerificationFailed
+from .ledger import file_fingerprint, fingerprint_matches
+
+GGUF_MAGIC = b"GGUF"
+CHUNK = 1 << 20
+
+
+def store_path(models_dir: Path, model: ModelSpec) -> Path:
+    return Path(models_dir) / model.filename
+
+
+def in_store(models_dir: Path, model: ModelSpec, record: dict | None) -> bool:
+    """True when the store holds this model as last verified (no hashing: the fingerprint)."""
+    if not fingerprint_matches(record, store_path(models_dir, model)):
+        return False
+    return not model.sha256 or record.get("sha256") == model.sha256
+
+
+def file_sources(model: ModelSpec) -> list[str]:
+    return [uri for uri in model.sources if sources.get(uri).delivers_file(uri)]
+
+
+def fetch(model: ModelSpec, models_dir: Path, report) -> dict:
+    """Fetch `model` into the store from its first working source; return its fingerprint."""
+    target = store_path(models_dir, model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    if model.size_bytes * 1.05 > free:
+        raise EnvironmentProblem(f"{model.name} needs {model.size_bytes / 1e9:.1f} GB, {target.parent} has "
+                                 f"{free / 1e9:.1f} GB free")
+    partial = target.with_name(target.name + ".partial")
+    failures = []
+    for uri in file_sources(model):
+        try:
+            sources.get(uri).fetch(uri, partial, size_hint=model.size_bytes, label=model.name, report=report)
+        except sources.SourceFailed as exc:
+            failures.append(f"{uri}: {exc}")
+            report.line(f"  {model.name}: source {uri} failed ({exc}); trying the next")
+            continue
+        digest = verify(partial, model)
+        os.replace(partial, target)
+        return file_fingerprint(target) | {"sha256": digest, "source": uri}
+    raise FarmhandError(f"{model.name}: no source delivered: " + ("; ".join(failures) or "no file source listed"))
+
+
+def verify(partial: Path, model: ModelSpec) -> str:
+    """Check size, GGUF magic and sha256 of a fetched file; delete it if any is wrong."""
+    with open(partial, "rb") as fh:
+        head = fh.read(4)
+    if model.is_gguf and head != GGUF_MAGIC:
+        partial.unlink(missing_ok=True)
+        raise VerificationFailed(
+            f"{model.name}: not a GGUF file (first bytes {head!r}, expected {GGUF_MAGIC!r}); partial file removed")
+    digest = sha256_file(partial)
+    if model.sha256 and digest != model.sha256:
+        partial.unlink(missing_ok=True)
+        raise VerificationFailed(
+            f"{model.name}: sha256 mismatch: expected {model.sha256}, got {digest}; partial file {partial} removed")
+    return digest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
