@@ -201,7 +201,10 @@ def print_deployment(d: dict, explain: bool = False) -> None:
     click.echo("")
     rows = []
     for r in d["roles"]:
-        where = f"{r['runtime']} ({r['backend']})" if r.get("runtime") else f"remote {r['provider']}"
+        if r.get("runtime"):
+            where = r["runtime"] if r["runtime"] == r["backend"] else f"{r['runtime']} ({r['backend']})"
+        else:
+            where = f"remote {r['provider']}"
         rows.append([r["role"] + (" *" if r["role"] == d["default_role"] else ""), r.get("model_id") or r["model"],
                      where, r.get("url") or "-", r["note"]])
     click.echo(table(rows, ["ROLE", "MODEL", "SERVED BY", "URL", "CHOICE"]))
@@ -361,7 +364,8 @@ def _print_apply(d: dict) -> None:
         click.echo(f"warning  {warning}")
     local = next((r for r in d["roles"] if r["role"] == d["default_role"] and r.get("runtime")), None)
     if local:
-        click.echo("try it:\n  curl -s " + local["url"] + "/chat/completions -H 'Content-Type: application/json' \\\n"
+        openai_url = local["url"] if local["url"].endswith("/v1") else local["url"].rstrip("/") + "/v1"
+        click.echo("try it:\n  curl -s " + openai_url + "/chat/completions -H 'Content-Type: application/json' \\\n"
                    "    -d '{\"model\": \"" + local["model_id"] + "\", \"messages\": [{\"role\": \"user\", "
                    "\"content\": \"Say hello\"}]}'")
 
