@@ -27,6 +27,20 @@ def _paths(ctx: click.Context):
     return paths
 
 
+def _home_lock(paths, command: str, no_wait: bool):
+    """Hold this home's lock for a converging command (released when the process ends, however)."""
+    from .lock import HomeLock
+    from .progress import Reporter
+
+    lock = HomeLock(paths.home_lock, command)
+    lock.acquire(wait=not no_wait, report=Reporter())
+    return lock
+
+
+NO_WAIT = click.option("--no-wait", is_flag=True,
+                       help="Fail at once (exit 3, naming it) when another farmhand command works on this home.")
+
+
 def _emit(data, as_json: bool, human) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -282,17 +296,21 @@ def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles
 @cli.command()
 @_plan_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (implied when stdin is not a terminal).")
+@NO_WAIT
 @click.pass_context
-def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, yes):
+def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, yes, no_wait):
     """Converge this host to the plan: install, fetch, configure, start. Idempotent."""
     import time
 
     from . import plan as planmod
+    from .ledger import sweep_temporaries
     from .progress import Reporter
     from .steps import Context
 
     t0 = time.monotonic()
     project = _project_dir(project_dir)
+    _home_lock(_paths(ctx), "apply", no_wait)
+    sweep_temporaries(_paths(ctx))  # what an interrupted run left; nobody else works on this home now
     facts = gather_facts(_paths(ctx))
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
                                       facts=facts, project_dir=project, profiles_dir=profiles_dir)
@@ -374,23 +392,28 @@ def _print_apply(d: dict) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@NO_WAIT
 @click.pass_context
-def up(ctx, as_json):
-    """Start the supervisor detached; return once every runtime is ready (or failed)."""
+def up(ctx, as_json, no_wait):
+    """Start the supervisor detached (or restart runtimes that failed); return once every runtime
+    is ready (or failed)."""
     from . import client
     from .progress import Reporter
 
+    _home_lock(_paths(ctx), "up", no_wait)
     body = client.up(_paths(ctx), Reporter())
     _emit(body, as_json, _print_status)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
+@NO_WAIT
 @click.pass_context
-def down(ctx, as_json):
+def down(ctx, as_json, no_wait):
     """Stop the supervisor and every runtime; wait until their ports are free. Idempotent."""
     from . import client
 
+    _home_lock(_paths(ctx), "down", no_wait)
     result = client.down(_paths(ctx))
     _emit(result, as_json, lambda r: click.echo(
         f"stopped in {r['seconds']:.2f}s" if r["stopped"] or r["reaped"] else "nothing was running"))
@@ -431,8 +454,10 @@ def status_body(paths) -> dict:
     body = client.health(paths)
     if body is None:
         specs = client._read_json(paths.runtimes) or {"runtimes": []}
-        body = {"status": "down", "supervisor": None, "runtimes": [
-            {"name": r["name"], "backend": r.get("backend"), "state": "stopped", "pid": None, "port": r["port"],
+        record = client.supervisor_record(paths)  # alive, but not answering: stopped or hung
+        status, state = ("not responding", "unknown") if record else ("down", "stopped")
+        body = {"status": status, "supervisor": {"pid": record["pid"]} if record else None, "runtimes": [
+            {"name": r["name"], "backend": r.get("backend"), "state": state, "pid": None, "port": r["port"],
              "uptime_s": 0, "restarts": 0, "last_probe_ms": None, "models": r.get("models", []),
              "devices": r.get("devices", []), "last_error": None} for r in specs.get("runtimes", [])]}
     record = client._read_json(paths.deployment) or {}
@@ -492,8 +517,9 @@ def logs(ctx, name, follow, lines):
 @click.option("--purge-models", is_flag=True, help="Also delete downloaded models.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask.")
 @click.option("--json", "as_json", is_flag=True)
+@NO_WAIT
 @click.pass_context
-def destroy(ctx, purge_models, yes, as_json):
+def destroy(ctx, purge_models, yes, as_json, no_wait):
     """Stop everything and remove all that farmhand created (per its ledger)."""
     from .destroy import destroy as do_destroy
 
@@ -501,7 +527,8 @@ def destroy(ctx, purge_models, yes, as_json):
     if not yes and sys.stdin.isatty() and not as_json:
         click.confirm(f"Remove everything farmhand created under {paths.data.parent if paths.mode == 'home' else paths.data}"
                       f"{' including models' if purge_models else ''}?", abort=True)
-    result = do_destroy(paths, purge_models=purge_models)
+    lock = _home_lock(paths, "destroy", no_wait)
+    result = do_destroy(paths, purge_models=purge_models, lock=lock)
     _emit(result, as_json, lambda r: click.echo(
         f"removed {len(r['removed'])} path(s); kept {len(r['kept'])}" + "".join(f"\n  kept {k}" for k in r["kept"])))
 

@@ -61,7 +61,21 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
     if timeout is None:
         timeout = max(r["start_timeout_s"] for r in specs["runtimes"]) + 10
     child = None
-    if supervisor_record(paths) is None:
+    record = supervisor_record(paths)
+    epoch = None  # after a retry, wait for the supervisor's answer to it, not its old state
+    if record is not None:
+        body = health(paths, timeout=2.0)
+        if body is None:
+            from .errors import Conflict
+
+            raise Conflict(f"the supervisor (pid {record['pid']}) is not responding (stopped or hung); farmhand will "
+                           "not start a second one beside it. `farmhand down` stops it (SIGKILL after 60 s)")
+        failed = [r["name"] for r in body["runtimes"] if r["state"] == "failed"]
+        if failed:
+            report.line(f"restarting {', '.join(failed)} (failed) with a fresh failure budget")
+            epoch = body.get("epoch", 0) + 1
+            os.kill(record["pid"], signal.SIGUSR1)
+    else:
         paths.logs.mkdir(parents=True, exist_ok=True)
         log = open(paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         child = subprocess.Popen(
@@ -74,7 +88,7 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
     delay = 0.002
     while True:
         body = health(paths, timeout=1.0)
-        if body is not None and body["status"] in ("ok", "failed"):
+        if body is not None and body["status"] in ("ok", "failed") and body.get("epoch", 0) >= (epoch or 0):
             break
         if child is not None and child.poll() is not None and supervisor_record(paths) is None:
             tail = _tail(paths.logs / "supervisor.log", 10)
@@ -114,6 +128,7 @@ def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
     if record is not None:
         ident = process.Identity.from_json(record)
         os.kill(ident.pid, signal.SIGTERM)
+        os.kill(ident.pid, signal.SIGCONT)  # a stopped (SIGSTOP) supervisor must run to act on it
         deadline = time.monotonic() + timeout
         delay = 0.001
         while process.is_alive(ident) and time.monotonic() < deadline:

@@ -16,6 +16,7 @@ import os
 import queue
 import re
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from .notify import sd_notify
 from .paths import Paths
 from .runlog import RotatingLog
 from .specs import RuntimeSpec, SupervisorSpec
-from .states import State, next_state
+from .states import RUNNING, State, next_state
 
 FIRST_PROBE_DELAY = 0.002
 PROBE_GROWTH = 1.3
@@ -68,6 +69,7 @@ class Runtime:
         self.ready_at: float | None = None
         self.ready_wall: float | None = None
         self.restarts = 0
+        self.misses = 0  # liveness probes missed in a row
         self.failures: list[float] = []
         self.last_probe_ms: float | None = None
         self.last_error: str | None = None
@@ -83,7 +85,7 @@ class Runtime:
             "name": self.name,
             "backend": self.spec.backend,
             "state": self.state.value,
-            "pid": self.ident.pid if self.ident and self.state in (State.STARTING, State.READY) else None,
+            "pid": self.ident.pid if self.ident and self.state in RUNNING else None,
             "port": self.spec.port,
             "url": self.spec.base_url,
             "devices": list(self.spec.devices),
@@ -91,11 +93,13 @@ class Runtime:
             "ready_after_s": round(self.ready_at - self.started_at, 4) if self.ready_at and self.started_at else None,
             "ready_wall": self.ready_wall,
             "restarts": self.restarts,
+            "probe_misses": self.misses,
             "last_probe_ms": self.last_probe_ms,
             "models": list(self.spec.models),
             "last_error": self.last_error,
             "log": str(self.log.path),
-            "log_tail": list(self.log.tail)[-10:] if self.state in (State.FAILED, State.BACKOFF) else [],
+            "log_tail": list(self.log.tail)[-10:] if self.state in (State.FAILED, State.BACKOFF, State.UNHEALTHY)
+            else [],
         }
 
 
@@ -109,6 +113,7 @@ class Supervisor:
         self.started = time.monotonic()
         self.shutting_down = False
         self.notified_ready = False
+        self.epoch = 0  # counts `farmhand up` retries of failed runtimes (SIGUSR1)
         self.health_server: HealthServer | None = None
         self.instance = InstanceLock(paths.supervisor_lock)
 
@@ -126,6 +131,8 @@ class Supervisor:
         # Orphans reparented to us (we are a subreaper) are reaped when SIGCHLD says so,
         # not by scanning /proc on a timer.
         signal.signal(signal.SIGCHLD, lambda *_: self.events.put(("sigchld", None, None)))
+        # `farmhand up` with runtimes that gave up: start them again with a fresh failure budget.
+        signal.signal(signal.SIGUSR1, lambda *_: self.events.put(("retry_failed", None, None)))
         try:
             self._reap_previous()
             self._serve_health()
@@ -168,9 +175,10 @@ class Supervisor:
             runtimes = [rt.snapshot() for rt in self.runtimes]
         states = {r["state"] for r in runtimes}
         status = ("ok" if states == {"ready"} else "failed" if "failed" in states else
-                  "stopping" if self.shutting_down else "starting")
+                  "stopping" if self.shutting_down else "degraded" if "unhealthy" in states else "starting")
         return {
             "status": status,
+            "epoch": self.epoch,
             "spec_digest": self.spec.digest,
             "supervisor": {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3)},
             "runtimes": runtimes,
@@ -192,6 +200,9 @@ class Supervisor:
             if kind == "timer":
                 self._fire_timers()
                 continue
+            if kind == "retry_failed":
+                self._retry_failed()
+                continue
             gen, data = payload
             if rt.generation != gen:
                 continue  # an event from a previous incarnation
@@ -199,7 +210,9 @@ class Supervisor:
                 if kind == "ready" and rt.state == State.STARTING:
                     rt.ready_at, rt.ready_wall, rt.last_probe_ms = data
                     rt.transition("probe_ok")
-                elif kind == "exited" and rt.state in (State.STARTING, State.READY):
+                elif kind == "live" and rt.state in (State.READY, State.UNHEALTHY):
+                    self._liveness(rt, data)
+                elif kind == "exited" and rt.state in RUNNING:
                     rt.last_error = f"exited with code {data}" + (" while starting" if rt.state == State.STARTING else "")
                     self._cleanup_session(rt)
                     self._crashed(rt, "exited")
@@ -223,6 +236,35 @@ class Supervisor:
                 rt.restarts += 1
                 self._start(rt)
 
+    def _liveness(self, rt: Runtime, answered: bool) -> None:
+        if answered:
+            rt.misses = 0
+            if rt.state == State.UNHEALTHY:
+                rt.transition("probe_ok")
+                rt.last_error = None
+            return
+        rt.misses += 1
+        limit = rt.spec.liveness_misses
+        if rt.state == State.READY:
+            rt.transition("probe_miss")
+        rt.last_error = (f"not answering {rt.spec.readiness_url} ({rt.misses} of {limit} probes missed in a row, "
+                         f"{rt.spec.liveness_timeout_s:g}s each)")
+        if rt.misses >= limit:
+            rt.last_error += "; killed to restart it"
+            self._cleanup_session(rt)  # SIGKILL reaches a stopped (SIGSTOP) or wedged process too
+            self._crashed(rt, "hung")
+
+    def _retry_failed(self) -> None:
+        with self.lock:
+            failed = [rt for rt in self.runtimes if rt.state == State.FAILED]
+            for rt in failed:
+                rt.transition("reset")
+                rt.failures = []
+            self.epoch += 1
+        for rt in failed:
+            self._start(rt)
+        self._notify()
+
     def _crashed(self, rt: Runtime, event: str) -> None:
         now = time.monotonic()
         rt.failures, delay = rt.spec.restart.after_failure(rt.failures, now)
@@ -239,6 +281,7 @@ class Supervisor:
             rt.generation += 1
             rt.ready_at = None
             rt.last_probe_ms = None
+            rt.misses = 0
             port = rt.spec.port
             if not ports.is_free(port):
                 pid, cmd = ports.holder(port)
@@ -280,7 +323,8 @@ class Supervisor:
                 rt.log.write(line)
 
     def _watch(self, rt: Runtime, gen: int) -> None:
-        """Poll the readiness probe with a growing interval; then wait for the process to exit."""
+        """Poll the readiness probe with a growing interval; then, until the process exits, probe
+        its liveness every liveness_interval_s (a stopped or wedged server answers nothing)."""
         popen = rt.popen
         probe = urlparse(rt.spec.readiness_url)
         deadline = time.monotonic() + rt.spec.start_timeout_s
@@ -300,8 +344,19 @@ class Supervisor:
                 return
             time.sleep(delay)
             delay = min(delay * PROBE_GROWTH, PROBE_MAX_DELAY)
-        rc = popen.wait()
-        self.events.put(("exited", rt, (gen, rc)))
+        spec = rt.spec
+        while True:
+            try:
+                rc = popen.wait(timeout=spec.liveness_interval_s)
+            except subprocess.TimeoutExpired:
+                if rt.generation != gen:
+                    return  # stopped or restarted: another watcher owns the new process
+                answered = probe_once(probe.hostname, probe.port, probe.path, spec.readiness_expect,
+                                      timeout=spec.liveness_timeout_s)
+                self.events.put(("live", rt, (gen, answered)))
+                continue
+            self.events.put(("exited", rt, (gen, rc)))
+            return
 
     def _cleanup_session(self, rt: Runtime) -> None:
         """The leader is gone; anything it forked into the background goes with it."""

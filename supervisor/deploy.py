@@ -45,8 +45,10 @@ def systemd_running() -> bool:
 def main() -> int:
     from . import client
     from .ledger import Ledger, atomic_write
+    from .lock import HomeLock
 
     paths = resolve(system=os.environ.get("FARMHAND_SYSTEM") == "1")
+    HomeLock(paths.home_lock, "deploy").acquire()
     if not systemd_running():
         print("deploy: systemd is not running on this host; the supervisor stays detached "
               "(farmhand up / farmhand down manage it)")

@@ -37,6 +37,8 @@ from .errors import BadInput
 ROLE_FIELDS = ("description", "prompts", "model_api_parameters", "mcp_servers", "instructor_mode", "extra_body",
                "tool_call_strategy", "tools", "keep_loaded", "encoder_config")
 RESERVED_RUNTIME_NAMES = {"supervisor": "the supervisor's own log and records"}
+LOOPBACK = "127.0.0.1"
+LLAMAFARM_ORIGIN = "http://127.0.0.1:8000"  # LlamaFarm's own server: the one origin allowed by default
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -84,6 +86,16 @@ class RuntimeDecl:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     api_key_env: str | None = None
+    host: str = LOOPBACK  # where it listens; beyond loopback only with an API key, and `plan` warns
+    cors_origins: tuple[str, ...] = (LLAMAFARM_ORIGIN,)
+
+    @property
+    def exposed(self) -> bool:
+        return not is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 @dataclass(frozen=True)
@@ -167,10 +179,19 @@ def from_profile(profile: dict, source: str) -> DeploymentDecl:
             raise BadInput(f"{where}.install.method: {backend.name} cannot be installed by {method!r}; "
                            f"known: {', '.join(backend.install_methods)}")
         gpus = data.get("gpus", "auto")
+        args, env = tuple(data.get("args") or ()), dict(data.get("env") or {})
+        _check_controlled(backend, args, env, where)
+        host = data.get("host", LOOPBACK)
+        if not is_loopback(host):
+            if not backend.supports_api_key:
+                raise BadInput(f"{where}.host: {backend.name} has no API key, so it only listens on 127.0.0.1")
+            if not data.get("api_key_env"):
+                raise BadInput(f"{where}.host: listening on {host} (beyond this machine) needs api_key_env")
         runtimes[name] = RuntimeDecl(
             name=name, backend=backend.name, variant=variant, install=install, port=data.get("port"),
-            gpus=tuple(gpus) if isinstance(gpus, list) else gpus, args=tuple(data.get("args") or ()),
-            env=tuple(sorted((data.get("env") or {}).items())), api_key_env=data.get("api_key_env"))
+            gpus=tuple(gpus) if isinstance(gpus, list) else gpus, args=args, env=tuple(sorted(env.items())),
+            api_key_env=data.get("api_key_env"), host=host,
+            cors_origins=tuple(data.get("cors_origins", [LLAMAFARM_ORIGIN])))
     remote = {name: RemoteDecl(name=name, provider=d["provider"], model=d["model"], base_url=d.get("base_url"),
                                api_key_env=d.get("api_key_env"))
               for name, d in (dep.get("remote") or {}).items() if d is not None}
@@ -189,6 +210,18 @@ def from_profile(profile: dict, source: str) -> DeploymentDecl:
         raise BadInput(f"{source}: deployment.default_role: no role {default_role!r}; known: {', '.join(roles)}")
     return DeploymentDecl(profile=profile["name"], runtimes=runtimes, roles=roles, remote=remote, models=models,
                           default_role=default_role, memory=dict(profile.get("memory") or {}))
+
+
+def _check_controlled(backend, args: tuple[str, ...], env: dict, where: str) -> None:
+    """Flags and variables farmhand sets itself (address, port, key, CORS, model) cannot be
+    slipped in through args or env: `args: [--host, 0.0.0.0]` would expose a runtime silently."""
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if flag in backend.controlled_flags:
+            raise BadInput(f"{where}.args: {flag} is set by farmhand; {backend.controlled_flags[flag]}")
+    for name in env:
+        if name in backend.controlled_env:
+            raise BadInput(f"{where}.env: {name} is set by farmhand; {backend.controlled_env[name]}")
 
 
 def _candidate(item, where: str, runtimes: dict, remote: dict, models: dict) -> Candidate:

@@ -16,18 +16,25 @@ from .ledger import Ledger
 from .paths import Paths
 
 
-def destroy(paths: Paths, purge_models: bool = False) -> dict:
+def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
+    """Remove what the ledger recorded (and what an interrupted run left). The caller holds the
+    home lock; it is let go, and its file removed, last."""
+    from .ledger import sweep_temporaries
+
     client.down(paths)
+    sweep_temporaries(paths)
     ledger = Ledger(paths)
     removed, kept = [], []
-    cfg = ledger.data.get("config", {})
-    if cfg.get("path") and Path(cfg["path"]).exists():
-        path = Path(cfg["path"])
-        if cfg.get("created") and store.sha256_file(path) == cfg.get("sha256"):
+    for project, record in ledger.projects().items():
+        path = Path(project)
+        if not path.exists():
+            continue
+        if record.get("created") and store.sha256_file(path) == record.get("sha256"):
             path.unlink()
             removed.append(str(path))
         else:
-            llamafarm.write_merged(path, _empty_runtime_doc(), set(cfg.get("managed", [])), cfg.get("default_written"))
+            llamafarm.write_merged(path, _empty_runtime_doc(), set(record.get("managed", [])),
+                                   record.get("default_written"))
             kept.append(f"{path} (farmhand's runtime entries removed; the rest is yours)")
     model_paths = {r["path"] for r in ledger.resources() if r["kind"] == "model"}
     for resource in reversed(ledger.resources()):
@@ -59,6 +66,8 @@ def destroy(paths: Paths, purge_models: bool = False) -> dict:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    if lock is not None:
+        lock.release(remove=True)
     for root in [paths.state, paths.config, paths.cache, paths.data / "backends", paths.data] + (
             [paths.models] if purge_models else []):
         _remove_if_empty(root)

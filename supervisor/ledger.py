@@ -1,14 +1,16 @@
 """The ledger: everything farmhand created on this host, so `destroy` removes exactly that.
 
-One JSON file (state/ledger.json, mode 0600) written atomically under a lock. It records:
-- resources: paths farmhand created (dirs, files, venvs, models), in creation order;
+One JSON file (state/ledger.json, mode 0600) written atomically. It is a write-ahead log for
+resources: a path is recorded, and the ledger saved, before the path is created, so a run
+killed at any point leaves nothing `destroy` does not know about. It records:
+- resources: paths farmhand created or is about to create (dirs, files, venvs, models);
 - artifacts: fingerprints of what steps produced (size, mtime, digest, version), so a no-op
   re-run trusts them instead of re-hashing multi-GB files;
 - selection: the profile and the model each role got at the last apply (a re-run keeps them:
   stable plans, no network);
 - ports: the port each runtime (and the supervisor) was assigned, so a re-run keeps them;
-- config: what farmhand manages in llamafarm.yaml (file path, whether it created the file, the
-  entries and the default_model it wrote).
+- projects: each llamafarm.yaml farmhand wrote (by path): whether it created the file, the
+  entries and the default_model it wrote, the digest of what it wrote.
 Process identities live in the supervisor's own file (paths.processes; see process.py).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +52,9 @@ class Ledger:
     def __init__(self, paths: Paths):
         self.path = paths.ledger
         self.store_index = paths.store_index
+        self._lock = threading.RLock()  # steps run in parallel threads
         self.data: dict[str, Any] = {"version": LEDGER_VERSION, "resources": [], "artifacts": {},
-                                     "selection": {}, "ports": {}, "config": {}}
+                                     "selection": {}, "ports": {}, "projects": {}}
         if self.path.exists():
             try:
                 loaded = json.loads(self.path.read_text())
@@ -65,6 +69,9 @@ class Ledger:
             if loaded.get("version", 1) < LEDGER_VERSION:
                 # 0.1 kept one model per profile; a 0.2 plan re-selects per role.
                 loaded.pop("selection", None)
+            old = loaded.pop("config", None)  # 0.1 kept one project
+            if old and old.get("path"):
+                loaded.setdefault("projects", {})[old["path"]] = {k: v for k, v in old.items() if k != "path"}
             self.data.update(loaded)
             self.data["version"] = LEDGER_VERSION
         elif self.store_index.exists():
@@ -79,22 +86,33 @@ class Ledger:
 
     # resources ---------------------------------------------------------------------------------
     def add_resource(self, kind: str, path: Path, step: str) -> None:
+        """Record a path, and save, before it is created (write-ahead)."""
         entry = {"kind": kind, "path": str(path), "step": step}
-        if not any(r["path"] == entry["path"] for r in self.data["resources"]):
-            self.data["resources"].append(entry)
+        with self._lock:
+            for r in self.data["resources"]:
+                if r["path"] == entry["path"]:
+                    if r["kind"] == kind:
+                        return
+                    r["kind"] = kind  # a staging path that became the real thing
+                    break
+            else:
+                self.data["resources"].append(entry)
+            self.save()
 
     def resources(self) -> list[dict]:
         return list(self.data["resources"])
 
     def forget_resource(self, path: Path) -> None:
-        self.data["resources"] = [r for r in self.data["resources"] if r["path"] != str(path)]
+        with self._lock:
+            self.data["resources"] = [r for r in self.data["resources"] if r["path"] != str(path)]
 
     # artifacts ---------------------------------------------------------------------------------
     def artifact(self, key: str) -> dict | None:
         return self.data["artifacts"].get(key)
 
     def set_artifact(self, key: str, value: dict) -> None:
-        self.data["artifacts"][key] = value
+        with self._lock:
+            self.data["artifacts"][key] = value
 
     def drop_artifact(self, key: str) -> None:
         self.data["artifacts"].pop(key, None)
@@ -108,6 +126,14 @@ class Ledger:
     def pin_roles(self, profile: str, roles: dict[str, dict]) -> None:
         self.data["selection"] = {"profile": profile, "roles": roles}
 
+    def project(self, path: Path) -> dict:
+        """The record of one llamafarm.yaml farmhand wrote (created and kept by callers)."""
+        with self._lock:
+            return self.data.setdefault("projects", {}).setdefault(str(path), {})
+
+    def projects(self) -> dict[str, dict]:
+        return dict(self.data.get("projects") or {})
+
     def ports(self) -> dict[str, int]:
         return dict(self.data.get("ports") or {})
 
@@ -115,11 +141,13 @@ class Ledger:
         self.data["ports"] = dict(ports)
 
     def save(self) -> None:
-        atomic_write(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n", 0o600)
+        with self._lock:
+            text = json.dumps(self.data, indent=1, sort_keys=True) + "\n"
+            atomic_write(self.path, text, 0o600)
 
 
-def ensure_dir(path: Path, ledger: Ledger, step: str) -> Path:
-    """Create a directory (and parents) and record each one farmhand created."""
+def ensure_dir(path: Path, ledger: Ledger, step: str, mode: int = 0o700) -> Path:
+    """Create a directory (and parents), each recorded before it is made; owner-only."""
     path = Path(path)
     missing = []
     probe = path
@@ -127,21 +155,51 @@ def ensure_dir(path: Path, ledger: Ledger, step: str) -> Path:
         missing.append(probe)
         probe = probe.parent
     for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
         ledger.add_resource("dir", directory, step)
+        directory.mkdir(mode=mode, exist_ok=True)
     return path
 
 
+FINGERPRINT = ("size", "mtime_ns", "ctime_ns", "inode")
+
+
 def file_fingerprint(path: Path) -> dict:
+    """What a verified file looked like. ctime and the inode cannot be set back from userspace
+    (`touch -r` restores mtime only), so a file changed in place never passes for verified."""
     st = Path(path).stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino}
 
 
 def fingerprint_matches(record: dict | None, path: Path) -> bool:
     if not record:
         return False
     try:
-        st = Path(path).stat()
-    except FileNotFoundError:
+        now = file_fingerprint(path)
+    except OSError:
         return False
-    return st.st_size == record.get("size") and st.st_mtime_ns == record.get("mtime_ns")
+    return all(now[k] == record.get(k) for k in FINGERPRINT)
+
+
+TEMPORARY = (".farmhand-*", "*.partial", ".*.tmp")
+
+
+def sweep_temporaries(paths: Paths) -> list[Path]:
+    """Remove what an interrupted run left in farmhand's own directories: partial downloads,
+    staging directories, pip and build temporaries, half-written files. Only safe while no
+    other farmhand command runs on this home (callers hold the home lock)."""
+    import shutil
+
+    removed = []
+    # Not the state directory: the supervisor (which takes no home lock) writes there.
+    for root in (paths.models, paths.backends, paths.downloads, paths.wheelhouse, paths.cache, paths.cache / "tmp"):
+        if not root.is_dir():
+            continue
+        for pattern in TEMPORARY:
+            for path in [*root.glob(pattern), *root.glob(f"*/{pattern}")]:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

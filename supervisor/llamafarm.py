@@ -115,7 +115,26 @@ def load_existing(path: Path) -> dict | None:
         return {}
     if not isinstance(doc, dict):
         raise BadInput(f"{path}:1: expected a mapping at the top level, found {type(doc).__name__}")
+    _check_shape(doc, path)
     return doc
+
+
+def _check_shape(doc: dict, path: Path) -> None:
+    """The parts farmhand merges into must have the shape LlamaFarm gives them."""
+    runtime = doc.get("runtime")
+    wrong = None
+    if runtime is not None and not isinstance(runtime, dict):
+        wrong = ("runtime", "a mapping", runtime)
+    elif isinstance(runtime, dict):
+        models, default = runtime.get("models"), runtime.get("default_model")
+        if models is not None and not (isinstance(models, list) and all(isinstance(m, dict) for m in models)):
+            wrong = ("runtime.models", "a list of mappings", models)
+        elif default is not None and not isinstance(default, str):
+            wrong = ("runtime.default_model", "a model name", default)
+    if wrong:
+        key, want, got = wrong
+        line = yamlio.key_line(path, key.split("."))
+        raise BadInput(f"{path}:{line}: {key} must be {want}, not {got!r}; fix it and re-run (nothing was changed)")
 
 
 def write_merged(path: Path, desired_text: str, previously_managed: set[str],

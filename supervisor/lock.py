@@ -61,3 +61,78 @@ def is_held(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+class HomeLock:
+    """One converging command (apply, destroy, up, down, deploy) per farmhand home at a time.
+
+    The holder writes who it is (pid, command, since) into the lock file, so a second command
+    can say what it waits for, or name it when told not to wait (--no-wait). The lock is an
+    flock: it is released when its holder dies, however it dies."""
+
+    def __init__(self, path: Path, command: str):
+        self.path, self.command = Path(path), command
+        self._fd: int | None = None
+
+    def holder(self) -> dict:
+        import json
+
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def describe_holder(self) -> str:
+        h = self.holder()
+        return f"pid {h.get('pid', '?')} (farmhand {h.get('command', '?')}, since {h.get('since', '?')})"
+
+    def acquire(self, wait: bool = True, report=None) -> None:
+        import json
+        import time
+
+        from .errors import Conflict
+
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        told = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if not wait:
+                    raise Conflict(f"another farmhand command is working on this home: {self.describe_holder()}; "
+                                   "run again without --no-wait to wait for it") from None
+                if not told and report is not None:
+                    report.line(f"waiting for {self.describe_holder()} to finish ...")
+                    told = True
+                time.sleep(0.05)
+                continue
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False  # the holder was `destroy`, which removed the file: take a new one
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "command": self.command,
+                                     "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+            self._fd = fd
+            return
+
+    def release(self, remove: bool = False) -> None:
+        if self._fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        else:
+            os.ftruncate(self._fd, 0)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> HomeLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -59,6 +59,11 @@ class Paths:
         return self.state / "processes.json"
 
     @property
+    def home_lock(self) -> Path:
+        """Held by the one converging command (apply, destroy, up, down) working on this home."""
+        return self.state / "farmhand.lock"
+
+    @property
     def supervisor_lock(self) -> Path:
         return self.state / "supervisor.lock"
 

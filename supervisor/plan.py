@@ -59,7 +59,7 @@ class Plan:
             "runtimes": [{
                 "name": rt.name, "backend": rt.backend.name, "variant": rt.decl.variant,
                 "install": rt.install.method, "install_key": rt.install.key, "port": rt.port,
-                "url": rt.backend.base_url(rt.port), "devices": [d.id for d in rt.devices],
+                "url": rt.url, "devices": [d.id for d in rt.devices],
                 "split": rt.placement.split if rt.placement else None,
                 "models": [{"name": m.model.name, "roles": m.roles, "ctx_size": m.ctx_size, "source": m.source,
                             "memory_bytes": m.estimate.total, "memory": m.estimate.text(),
@@ -87,7 +87,7 @@ def _role_json(b, sel: Selection, port_map: dict[str, int]) -> dict:
     rt = sel.runtimes[b.runtime]
     served = next(m for m in rt.models if m.model.name == b.model)
     return {"role": b.role, "runtime": rt.name, "backend": rt.backend.name, "model": b.model,
-            "model_id": rt.backend.model_id(served), "url": rt.backend.base_url(rt.port), "note": b.note}
+            "model_id": rt.backend.model_id(served), "url": rt.url, "note": b.note}
 
 
 class SpecRenderer:
@@ -111,19 +111,37 @@ class SpecRenderer:
             binary = installers.get(rt.install.method).binary(rt.install, self.paths)
             launch = rt.backend.launch(rt, str(binary), self.paths)
             self.notes[rt.name] = list(launch.notes)
-            probe = rt.backend.readiness_probe(rt.port)
+            probe = rt.backend.readiness_probe(rt.port, rt.decl.host)
             out.append(RuntimeSpec(
                 name=rt.name, backend=rt.backend.name, argv=tuple(launch.argv), env=tuple(sorted(launch.env.items())),
-                port=rt.port, base_url=rt.backend.base_url(rt.port), readiness_url=probe.url,
+                port=rt.port, base_url=rt.url, readiness_url=probe.url,
                 readiness_expect=probe.expect, stop_signal=rt.backend.stop_signal,
                 grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
                 start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),
-                restart=restart, models=tuple(rt.backend.model_id(m) for m in rt.models),
-                devices=tuple(d.id for d in rt.devices)))
+                restart=restart, liveness_interval_s=float(self.settings.get("liveness_interval_s", 5.0)),
+                liveness_timeout_s=float(self.settings.get("liveness_timeout_s", 2.0)),
+                liveness_misses=int(self.settings.get("liveness_misses", 3)), models=tuple(rt.backend.model_id(m) for m in rt.models),
+                devices=tuple(d.id for d in rt.devices),
+                identity=_identity([binary] + [store.store_path(self.paths.models, m.model) for m in rt.models
+                                               if m.via_store])))
         return SupervisorSpec(tuple(out), "127.0.0.1", self.supervisor_port)
 
     def text(self) -> str:
         return self.render().text()
+
+
+def _identity(files: list[Path]) -> str:
+    """A digest of the files' fingerprints (a missing file counts as missing)."""
+    from .ledger import FINGERPRINT, file_fingerprint
+
+    prints = []
+    for path in files:
+        try:
+            fp = file_fingerprint(path)
+            prints.append([str(path)] + [fp[k] for k in FINGERPRINT])
+        except OSError:
+            prints.append([str(path), None])
+    return memo.digest(prints)[:16]
 
 
 def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True) -> Oracle:
@@ -232,6 +250,10 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
     assigned = ports.assign(requests, ledger.ports(), ports.PortCheck(paths) if live else (lambda port: True))
     for rt in selection.runtimes.values():
         rt.port = assigned[rt.name]
+        if rt.decl.exposed:
+            selection.warnings.append(
+                f"runtime {rt.name} listens on {rt.decl.host}:{rt.port}: reachable from other machines, every "
+                f"request needs the key in ${rt.decl.api_key_env}")
     renderer = SpecRenderer(selection, paths, assigned[ports.SUPERVISOR], sup, oracle.header)
     entries = llamafarm_entries(selection)
     from . import llamafarm
@@ -311,7 +333,7 @@ def llamafarm_entries(selection: Selection) -> list[dict]:
             entry = {"name": b.role,
                      "description": f"{b.model} on {rt.name} (127.0.0.1:{rt.port}), managed by farmhand",
                      "provider": rt.backend.provider, "model": rt.backend.model_id(served),
-                     "base_url": rt.backend.base_url(rt.port)}
+                     "base_url": rt.url}
             if rt.decl.api_key_env:
                 entry["api_key"] = "${env:" + rt.decl.api_key_env + "}"
         entry["default"] = b.role == selection.default_role

@@ -78,6 +78,10 @@ class RuntimePlan:
         return self.decl.name
 
     @property
+    def url(self) -> str:
+        return self.backend.base_url(self.port, self.decl.host)
+
+    @property
     def devices(self) -> list[Device]:
         return [self.pool.device(d) for d in self.placement.devices] if self.placement else []
 

@@ -31,8 +31,15 @@ class RuntimeSpec:
     grace_s: float = 10.0
     start_timeout_s: float = 120.0
     restart: RestartPolicy = field(default_factory=RestartPolicy)
+    # Liveness, once ready: a probe every interval; `misses` in a row and it is restarted.
+    liveness_interval_s: float = 5.0
+    liveness_timeout_s: float = 2.0
+    liveness_misses: int = 3
     models: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
+    # Fingerprints of what it runs and serves (binary, model files): when a file is replaced,
+    # the spec changes and the runtime is restarted onto the new file.
+    identity: str = ""
     log_max_bytes: int = LOG_MAX_BYTES
     log_backups: int = LOG_BACKUPS
 
@@ -41,8 +48,11 @@ class RuntimeSpec:
                 "port": self.port, "base_url": self.base_url,
                 "readiness": {"url": self.readiness_url, "expect": self.readiness_expect},
                 "stop_signal": self.stop_signal, "grace_s": self.grace_s, "start_timeout_s": self.start_timeout_s,
-                "restart": self.restart.to_json(), "models": list(self.models), "devices": list(self.devices),
-                "log_max_bytes": self.log_max_bytes, "log_backups": self.log_backups}
+                "restart": self.restart.to_json(),
+                "liveness": {"interval_s": self.liveness_interval_s, "timeout_s": self.liveness_timeout_s,
+                             "misses": self.liveness_misses},
+                "models": list(self.models), "devices": list(self.devices),
+                "identity": self.identity, "log_max_bytes": self.log_max_bytes, "log_backups": self.log_backups}
 
     @classmethod
     def from_json(cls, data: dict) -> RuntimeSpec:
@@ -52,8 +62,12 @@ class RuntimeSpec:
                    readiness_expect=data["readiness"].get("expect", 200),
                    stop_signal=data.get("stop_signal", "SIGTERM"), grace_s=float(data.get("grace_s", 10.0)),
                    start_timeout_s=float(data.get("start_timeout_s", 120.0)),
-                   restart=RestartPolicy.from_json(data.get("restart")), models=tuple(data.get("models") or ()),
-                   devices=tuple(data.get("devices") or ()),
+                   restart=RestartPolicy.from_json(data.get("restart")),
+                   liveness_interval_s=float((data.get("liveness") or {}).get("interval_s", 5.0)),
+                   liveness_timeout_s=float((data.get("liveness") or {}).get("timeout_s", 2.0)),
+                   liveness_misses=int((data.get("liveness") or {}).get("misses", 3)),
+                   models=tuple(data.get("models") or ()),
+                   devices=tuple(data.get("devices") or ()), identity=data.get("identity", ""),
                    log_max_bytes=int(data.get("log_max_bytes", LOG_MAX_BYTES)),
                    log_backups=int(data.get("log_backups", LOG_BACKUPS)))
 

@@ -73,9 +73,23 @@ class InstallStep(Step):
             return Status(not problem, problem or f"{binary} (on PATH; farmhand leaves it alone)")
         if record and fingerprint_matches(record, binary):
             return Status(True, f"{self.backend.name} {record.get('version') or ''} ({self.spec.variant}) at {binary}")
+        if record is None and self._adoptable(ctx):
+            return Status(False, f"will adopt {binary} (installed by farmhand; its ledger record was lost)")
         return Status(False, f"will {self.installer.describe(self.spec)}")
 
+    def _adoptable(self, ctx: Context) -> bool:
+        """An install in farmhand's own directory, named by this very spec's key, that runs."""
+        binary = self.installer.binary(self.spec, ctx.paths)
+        return binary.is_file() and os.access(binary, os.X_OK) and self.backend.version_of(binary) is not None
+
     def apply(self, ctx: Context) -> str:
+        prefix = self.installer.prefix(self.spec, ctx.paths)
+        if prefix is not None and ctx.ledger.artifact(self.id) is None and self._adoptable(ctx):
+            ctx.ledger.add_resource("dir", prefix, self.id)
+            binary = self.installer.binary(self.spec, ctx.paths)
+            version = self.backend.version_of(binary)
+            ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version})
+            return f"adopted {self.backend.name} {version or ''} at {binary}"
         binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
         version = self.backend.version_of(binary)
         if self.installer.prefix(self.spec, ctx.paths) is not None:
@@ -108,20 +122,18 @@ class ModelStep(Step):
     def apply(self, ctx: Context) -> str:
         ensure_dir(ctx.paths.models, ctx.ledger, self.id)
         path = self.path(ctx)
-        ctx.ledger.add_resource("file", path.with_name(path.name + ".partial"), self.id)  # write-ahead
-        ctx.ledger.save()
+        ctx.ledger.add_resource("file", path.with_name(path.name + ".partial"), self.id)
+        ctx.ledger.add_resource("model", path, self.id)
         if path.exists():
             # Present but unverified (ledger lost or file touched): verify in place, keep if good.
             try:
                 digest = store.sha256_file(path)
                 if not self.model.sha256 or digest == self.model.sha256:
                     ctx.ledger.set_artifact(self.id, file_fingerprint(path) | {"sha256": digest, "source": "store"})
-                    ctx.ledger.add_resource("model", path, self.id)
                     return f"verified {path}"
             except OSError:
                 pass
         record = store.fetch(self.model, ctx.paths.models, ctx.report)
-        ctx.ledger.add_resource("model", path, self.id)
         ctx.ledger.set_artifact(self.id, record)
         return f"fetched {self.model.name} from {record['source']} (sha256 {record['sha256'][:12]}…)"
 
@@ -152,8 +164,8 @@ class FileStep(Step):
     def apply(self, ctx: Context) -> str:
         path = self.path_of(ctx.paths)
         ensure_dir(path.parent, ctx.ledger, self.id)
-        atomic_write(path, self.content(), self.mode)
         ctx.ledger.add_resource("file", path, self.id)
+        atomic_write(path, self.content(), self.mode)
         return f"wrote {path}"
 
 
@@ -169,10 +181,8 @@ class ConfigStep(Step):
         return ctx.project_dir / llamafarm.FILENAME
 
     def _owned(self, ctx: Context) -> tuple[set[str], str | None]:
-        cfg = ctx.ledger.data["config"]
-        if cfg.get("path") != str(self.path(ctx)):
-            return set(), None
-        return set(cfg.get("managed", [])), cfg.get("default_written")
+        record = ctx.ledger.projects().get(str(self.path(ctx))) or {}
+        return set(record.get("managed", [])), record.get("default_written")
 
     def _desired(self, ctx: Context, existing: dict) -> dict:
         managed, written = self._owned(ctx)
@@ -195,17 +205,19 @@ class ConfigStep(Step):
 
     def apply(self, ctx: Context) -> str:
         path = self.path(ctx)
-        existed = path.exists()
         managed, written = self._owned(ctx)
+        record = ctx.ledger.project(path)
+        if "created" not in record:
+            # A file identical to what farmhand renders is farmhand's, even when the ledger that
+            # said so was lost; any other existing file is the user's.
+            record["created"] = not path.exists() or path.read_text() == self.rendered
+        record["managed"] = sorted(set(record.get("managed", [])) | set(self.managed))
+        ctx.ledger.save()  # write-ahead: destroy knows of this file before it is written
         backup = llamafarm.write_merged(path, self.rendered, managed, written)
-        cfg = ctx.ledger.data["config"]
-        if cfg.get("path") != str(path):
-            cfg.clear()
-            cfg.update({"path": str(path), "created": not existed})
         final = ((llamafarm.load_existing(path) or {}).get("runtime") or {}).get("default_model")
-        cfg["managed"] = list(self.managed)
-        cfg["default_written"] = final if final == self.default_model else written  # else the user's choice
-        cfg["sha256"] = store.sha256_file(path)
+        record["managed"] = list(self.managed)
+        record["default_written"] = final if final == self.default_model else written  # else the user's choice
+        record["sha256"] = store.sha256_file(path)
         return f"updated {path} (backup {backup.name})" if backup else f"created {path}"
 
 

@@ -22,6 +22,37 @@ GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
 
 
+def model_format(head: bytes) -> str | None:
+    """The model file format these first bytes announce, or None."""
+    if head[:4] == GGUF_MAGIC:
+        return "gguf"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        return "zip (PyTorch)"
+    return None
+
+
+def check_local_source(uri: str, model: ModelSpec) -> None:
+    """Before copying a local file: it must be the declared size and, without a sha256 to check
+    it against, a model format. Anything else (a key, /etc/shadow) is never read into the store."""
+    from .sources.file import local_path
+
+    path = local_path(uri)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise sources.SourceFailed(f"{path}: {exc.strerror}") from None
+    if size != model.size_bytes:
+        raise VerificationFailed(f"{model.name}: {path} is {size} bytes, the model declares size_bytes "
+                                 f"{model.size_bytes}; not copied")
+    if not model.sha256 and model_format(head) is None:
+        raise VerificationFailed(f"{model.name}: {path} is not a recognised model file (GGUF, safetensors) and the "
+                                 "model has no sha256 to check it against; not copied (add sha256 to copy it)")
+
+
 def store_path(models_dir: Path, model: ModelSpec) -> Path:
     return Path(models_dir) / model.filename
 
@@ -49,6 +80,8 @@ def fetch(model: ModelSpec, models_dir: Path, report) -> dict:
     failures = []
     for uri in file_sources(model):
         try:
+            if sources.scheme_of(uri) == "file":
+                check_local_source(uri, model)
             sources.get(uri).fetch(uri, partial, size_hint=model.size_bytes, label=model.name, report=report)
         except sources.SourceFailed as exc:
             failures.append(f"{uri}: {exc}")
@@ -73,6 +106,7 @@ def verify(partial: Path, model: ModelSpec) -> str:
         partial.unlink(missing_ok=True)
         raise VerificationFailed(
             f"{model.name}: sha256 mismatch: expected {model.sha256}, got {digest}; partial file {partial} removed")
+    os.chmod(partial, 0o600)
     return digest
 
 

@@ -18,6 +18,9 @@ from supervisor.selection import PlanRefused
 GIB = 1024**3
 EXAMPLES = REPO / "profiles" / "examples"
 TWO_AND_CLOUD = yaml.safe_load((EXAMPLES / "two-llama-servers-and-cloud.yaml").read_text())
+CORS = ["--cors-origins", "http://127.0.0.1:8000", "--no-cors-credentials"]
+
+
 def gemma_args(*roles):
     return ["--alias", ",".join(["gemma3-270m", *roles])]
 
@@ -47,7 +50,7 @@ def entries(plan) -> list[tuple]:
 
 def gemma(ctx, port=11550, extra=(), roles=("default",)):
     return ["-m", "~/data/models/gemma-3-270m-q4_k_m.gguf", "--host", "127.0.0.1", "--port", str(port),
-            *gemma_args(*roles), "-c", str(ctx), "--no-jinja", "--chat-template", "gemma", *extra]
+            *gemma_args(*roles), "-c", str(ctx), *CORS, "--no-jinja", "--chat-template", "gemma", *extra]
 
 
 def cuda_overrides(runtimes: dict, roles: dict, models: dict | None = None) -> dict:
@@ -76,10 +79,10 @@ CASES = {
             {"a": {"backend": "llama-server", "variant": "cuda"}, "b": {"backend": "llama-server", "variant": "cuda"}},
             {"default": {"use": [{"model": "big", "runtime": "a"}]}, "fast": {"use": [{"model": "mid", "runtime": "b"}]}}),
         runtimes=[("a", 11550, ["-m", "~/data/models/big.gguf", "--host", "127.0.0.1", "--port", "11550", "--alias",
-                                "big,default", "-c", "4096", "-ngl", "999"],
+                                "big,default", "-c", "4096", *CORS, "-ngl", "999"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"]),
                   ("b", 11551, ["-m", "~/data/models/mid.gguf", "--host", "127.0.0.1", "--port", "11551", "--alias",
-                                "mid,fast", "-c", "4096", "-ngl", "999"],
+                                "mid,fast", "-c", "4096", *CORS, "-ngl", "999"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}, ["gpu1"])],
         entries=[("default", "openai", "big", "http://127.0.0.1:11550/v1", None, True),
                  ("fast", "openai", "mid", "http://127.0.0.1:11551/v1", None, False)]),
@@ -88,7 +91,7 @@ CASES = {
         overrides=cuda_overrides({"a": {"backend": "llama-server", "variant": "cuda"}},
                                  {"default": {"use": [{"model": "big", "runtime": "a"}]}}),
         runtimes=[("a", 11550, ["-m", "~/data/models/big.gguf", "--host", "127.0.0.1", "--port", "11550", "--alias",
-                                "big,default", "-c", "4096", "-ngl", "999", "--split-mode", "layer",
+                                "big,default", "-c", "4096", *CORS, "-ngl", "999", "--split-mode", "layer",
                                 "--tensor-split", "0.500,0.500"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}, ["gpu0", "gpu1"])],
         entries=[("default", "openai", "big", "http://127.0.0.1:11550/v1", None, True)]),
@@ -99,7 +102,7 @@ CASES = {
                                               "sources": ["hf://Qwen/Qwen2.5-72B-Instruct"]}}},
         runtimes=[("vllm", 11541, ["serve", "Qwen/Qwen2.5-72B-Instruct", "--host", "127.0.0.1", "--port", "11541",
                                    "--served-model-name", "qwen2.5-72b", "--max-model-len", "32768",
-                                   "--gpu-memory-utilization", "0.90", "--tensor-parallel-size", "2"],
+                                   "--allowed-origins", '["http://127.0.0.1:8000"]', "--gpu-memory-utilization", "0.90", "--tensor-parallel-size", "2"],
                    {"HF_HOME": "~/data/models/huggingface", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                     "CUDA_VISIBLE_DEVICES": "0,1"}, ["gpu0", "gpu1"])],
         entries=[("default", "openai", "qwen2.5-72b", "http://127.0.0.1:11541/v1", None, True)]),
@@ -109,7 +112,7 @@ CASES = {
                                                               "ctx_size": 4096}]}}}},
         runtimes=[("vllm", 11541, ["serve", "Qwen/Qwen2.5-7B-Instruct", "--host", "127.0.0.1", "--port", "11541",
                                    "--served-model-name", "qwen2.5-7b-instruct", "--max-model-len", "16384",
-                                   "--gpu-memory-utilization", "0.89"],
+                                   "--allowed-origins", '["http://127.0.0.1:8000"]', "--gpu-memory-utilization", "0.89"],
                    {"HF_HOME": "~/data/models/huggingface", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                     "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"]),
                   ("llama-server", 11550, gemma(4096, extra=("-ngl", "999"), roles=("fast",)),
@@ -121,6 +124,7 @@ CASES = {
         overrides={"deployment": {"roles": {"fast": {"use": [{"model": "llama3.2-3b", "runtime": "ollama"}]}}}},
         runtimes=[("ollama", 11434, ["serve"],
                    {"OLLAMA_HOST": "127.0.0.1:11434", "OLLAMA_MODELS": "~/data/models/ollama",
+                    "OLLAMA_ORIGINS": "http://127.0.0.1:8000",
                     "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_CONTEXT_LENGTH": "4096",
                     "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"])],
         entries=[("default", "ollama", "llama3.1:8b", "http://127.0.0.1:11434", None, True),

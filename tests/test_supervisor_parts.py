@@ -24,12 +24,15 @@ S = State
 # Every (state, event) pair: the state it leads to, or None where it is illegal.
 TABLE = {
     "start": {S.STOPPED: S.STARTING, S.BACKOFF: S.STARTING},
-    "probe_ok": {S.STARTING: S.READY},
-    "exited": {S.STARTING: S.BACKOFF, S.READY: S.BACKOFF},
+    "probe_ok": {S.STARTING: S.READY, S.UNHEALTHY: S.READY},
+    "probe_miss": {S.READY: S.UNHEALTHY},
+    "hung": {S.UNHEALTHY: S.BACKOFF},
+    "exited": {S.STARTING: S.BACKOFF, S.READY: S.BACKOFF, S.UNHEALTHY: S.BACKOFF},
     "start_timeout": {S.STARTING: S.BACKOFF},
-    "give_up": {S.STARTING: S.FAILED, S.READY: S.FAILED, S.BACKOFF: S.FAILED},
-    "stop": {S.STARTING: S.STOPPING, S.READY: S.STOPPING, S.BACKOFF: S.STOPPING, S.FAILED: S.STOPPING,
-             S.STOPPED: S.STOPPING},
+    "give_up": {S.STARTING: S.FAILED, S.READY: S.FAILED, S.UNHEALTHY: S.FAILED, S.BACKOFF: S.FAILED},
+    "reset": {S.FAILED: S.STOPPED},
+    "stop": {S.STARTING: S.STOPPING, S.READY: S.STOPPING, S.UNHEALTHY: S.STOPPING, S.BACKOFF: S.STOPPING,
+             S.FAILED: S.STOPPING, S.STOPPED: S.STOPPING},
     "stopped": {S.STOPPING: S.STOPPED},
 }
 

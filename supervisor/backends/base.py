@@ -22,6 +22,17 @@ from ..paths import Paths
 if TYPE_CHECKING:
     from ..selection import RuntimePlan, ServedModel
 
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+
+
+USE_HOST = "use deployment.runtimes.NAME.host (beyond 127.0.0.1 it needs api_key_env)"
+USE_PORT = "use deployment.runtimes.NAME.port or --port"
+USE_KEY = "use deployment.runtimes.NAME.api_key_env (the key stays in the environment)"
+USE_CORS = "use deployment.runtimes.NAME.cors_origins"
+USE_ROLES = "declare models and roles in the deployment"
+
 VISIBLE_DEVICES = {  # how each vendor's runtime libraries are told which GPUs to use
     "nvidia": {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "{ids}"},
     "amd": {"ROCR_VISIBLE_DEVICES": "{ids}"},
@@ -57,6 +68,10 @@ class Backend:
     split: str | None = None  # how one model spans GPUs: "layer" | "tensor" | "scheduler"
     default_ctx: int = 4096
     own_store: bool = False  # models are pulled or imported into the backend's own store
+    supports_api_key: bool = True
+    # Flags and env vars farmhand sets itself, with what to use instead (refused in args/env).
+    controlled_flags: dict[str, str] = {}
+    controlled_env: dict[str, str] = {}
 
     # --- installation -----------------------------------------------------------------------
     def install_params(self, method: str, variant: str) -> dict:
@@ -100,11 +115,11 @@ class Backend:
         return served.model.name
 
     # --- running ----------------------------------------------------------------------------
-    def base_url(self, port: int) -> str:
+    def base_url(self, port: int, host: str = "127.0.0.1") -> str:
         """What llamafarm.yaml's base_url says for a model served on `port`."""
-        return f"http://127.0.0.1:{port}/v1"
+        return f"http://{client_host(host)}:{port}/v1"
 
-    def readiness_probe(self, port: int) -> ReadinessProbe:
+    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
         raise NotImplementedError
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
-from .base import Backend, Launch, ReadinessProbe
+from .base import USE_HOST, USE_PORT, Backend, Launch, ReadinessProbe, client_host
 
 if TYPE_CHECKING:
     from ..selection import RuntimePlan
@@ -26,16 +26,18 @@ class Lemonade(Backend):
     install_methods = ("path",)
     models_per_process = None
     own_store = True
+    supports_api_key = False
+    controlled_flags = {"--host": USE_HOST, "--port": USE_PORT}
 
     def usable_sources(self, model: ModelSpec) -> list[str]:
         return [uri for uri in model.sources if sources.scheme_of(uri) == "hf"
                 or (model.is_gguf and sources.get(uri).delivers_file(uri))]
 
-    def base_url(self, port: int) -> str:
+    def base_url(self, port: int, host: str = "127.0.0.1") -> str:
         return f"http://127.0.0.1:{port}/api/v1"
 
-    def readiness_probe(self, port: int) -> ReadinessProbe:
-        return ReadinessProbe(f"http://127.0.0.1:{port}/api/v1/health")
+    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+        return ReadinessProbe(f"http://{client_host(host)}:{port}/api/v1/health")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
         return Launch([binary, "serve", "--port", str(runtime.port), *runtime.decl.args], dict(runtime.decl.env))

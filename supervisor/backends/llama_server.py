@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING
 
 from ..paths import Paths
 from ..store import store_path
-from .base import Backend, Launch, ReadinessProbe
+from .base import (
+    USE_CORS,
+    USE_HOST,
+    USE_KEY,
+    USE_PORT,
+    USE_ROLES,
+    Backend,
+    Launch,
+    ReadinessProbe,
+    client_host,
+)
 
 if TYPE_CHECKING:
     from ..selection import RuntimePlan, ServedModel
@@ -78,6 +88,13 @@ class LlamaServer(Backend):
     models_per_process = 1
     split = "layer"
     default_ctx = 4096
+    controlled_flags = {"--host": USE_HOST, "--port": USE_PORT, "--api-key": USE_KEY, "--api-key-file": USE_KEY,
+                        "--cors-origins": USE_CORS, "--cors-credentials": USE_CORS, "-m": USE_ROLES,
+                        "--model": USE_ROLES, "-a": USE_ROLES, "--alias": USE_ROLES,
+                        "-c": "use the candidate's ctx_size", "--ctx-size": "use the candidate's ctx_size"}
+    controlled_env = {"LLAMA_ARG_HOST": USE_HOST, "LLAMA_ARG_PORT": USE_PORT, "LLAMA_API_KEY": USE_KEY,
+                      "LLAMA_ARG_API_KEY_FILE": USE_KEY, "LLAMA_ARG_CORS_ORIGINS": USE_CORS,
+                      "LLAMA_ARG_CORS_CREDENTIALS": USE_CORS, "LLAMA_ARG_MODEL": USE_ROLES}
 
     def install_params(self, method: str, variant: str) -> dict:
         if method == "pip":
@@ -104,15 +121,19 @@ class LlamaServer(Backend):
         m = re.search(r"version:\s*(.+)", text)  # "version: 0.6.0-dev (build 0, commit unknown)"
         return m.group(1).strip() if m else text.splitlines()[0]
 
-    def readiness_probe(self, port: int) -> ReadinessProbe:
-        return ReadinessProbe(f"http://127.0.0.1:{port}/health")
+    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+        return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
         (served,) = runtime.models
         # Clients name the model (llamafarm.yaml's `model:`); the roles it serves are aliases too.
         aliases = ",".join(dict.fromkeys([self.model_id(served), *served.roles]))
-        argv = [binary, "-m", str(store_path(paths.models, served.model)), "--host", "127.0.0.1",
-                "--port", str(runtime.port), "--alias", aliases, "-c", str(served.ctx_size)]
+        argv = [binary, "-m", str(store_path(paths.models, served.model)), "--host", runtime.decl.host,
+                "--port", str(runtime.port), "--alias", aliases, "-c", str(served.ctx_size),
+                # CORS: one allowed origin (this build sends the value as the header, so a list would
+                # be an invalid header), credentials never.
+                "--cors-origins", runtime.decl.cors_origins[0] if runtime.decl.cors_origins else "null",
+                "--no-cors-credentials"]
         template, why = chat_template(served)
         notes = [f"{served.model.name}: chat template {why}"]
         if template:

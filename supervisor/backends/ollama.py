@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
-from .base import Backend, Launch, ReadinessProbe
+from .base import USE_CORS, USE_HOST, Backend, Launch, ReadinessProbe, client_host
 
 if TYPE_CHECKING:
     from ..selection import RuntimePlan, ServedModel
@@ -30,6 +30,9 @@ class Ollama(Backend):
     split = "scheduler"
     own_store = True
     default_ctx = 4096
+    supports_api_key = False
+    controlled_env = {"OLLAMA_HOST": USE_HOST, "OLLAMA_ORIGINS": USE_CORS,
+                      "OLLAMA_MODELS": "models live in farmhand's store"}
 
     def usable_sources(self, model: ModelSpec) -> list[str]:
         return [uri for uri in model.sources
@@ -41,14 +44,15 @@ class Ollama(Backend):
                 return uri[len("ollama://"):]
         return served.model.name
 
-    def base_url(self, port: int) -> str:
+    def base_url(self, port: int, host: str = "127.0.0.1") -> str:
         return f"http://127.0.0.1:{port}"
 
-    def readiness_probe(self, port: int) -> ReadinessProbe:
-        return ReadinessProbe(f"http://127.0.0.1:{port}/api/version")
+    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+        return ReadinessProbe(f"http://{client_host(host)}:{port}/api/version")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
         env = {"OLLAMA_HOST": f"127.0.0.1:{runtime.port}", "OLLAMA_MODELS": str(paths.models / "ollama"),
+               "OLLAMA_ORIGINS": ",".join(runtime.decl.cors_origins),
                # Every model the plan put here fits together, so all may stay loaded.
                "OLLAMA_MAX_LOADED_MODELS": str(len(runtime.models)),
                "OLLAMA_CONTEXT_LENGTH": str(max(m.ctx_size for m in runtime.models))}

@@ -10,12 +10,23 @@ have `vllm` on PATH.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
-from .base import Backend, Launch, ReadinessProbe
+from .base import (
+    USE_CORS,
+    USE_HOST,
+    USE_KEY,
+    USE_PORT,
+    USE_ROLES,
+    Backend,
+    Launch,
+    ReadinessProbe,
+    client_host,
+)
 
 if TYPE_CHECKING:
     from ..selection import RuntimePlan, ServedModel
@@ -34,6 +45,12 @@ class Vllm(Backend):
     start_timeout_s = 900.0  # loading weights and compiling graphs takes minutes
     grace_s = 30.0
     default_ctx = 8192
+    controlled_flags = {"--host": USE_HOST, "--port": USE_PORT, "--api-key": USE_KEY, "--allowed-origins": USE_CORS,
+                        "--allow-credentials": USE_CORS, "--served-model-name": USE_ROLES,
+                        "--max-model-len": "use the candidate's ctx_size",
+                        "--gpu-memory-utilization": "the memory plan sets it (memory.gpu_fraction)",
+                        "--tensor-parallel-size": "the memory plan sets it (gpus)"}
+    controlled_env = {"VLLM_API_KEY": USE_KEY}
 
     def usable_sources(self, model: ModelSpec) -> list[str]:
         return [uri for uri in model.sources if sources.scheme_of(uri) == "hf" and not sources.get(uri).delivers_file(uri)]
@@ -42,13 +59,14 @@ class Vllm(Backend):
         uri = self.usable_sources(served.model)[0]
         return uri[len("hf://"):].split("@")[0]
 
-    def readiness_probe(self, port: int) -> ReadinessProbe:
-        return ReadinessProbe(f"http://127.0.0.1:{port}/health")
+    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+        return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
         (served,) = runtime.models
-        argv = [binary, "serve", self.repo(served), "--host", "127.0.0.1", "--port", str(runtime.port),
-                "--served-model-name", self.model_id(served), "--max-model-len", str(served.ctx_size)]
+        argv = [binary, "serve", self.repo(served), "--host", runtime.decl.host, "--port", str(runtime.port),
+                "--served-model-name", self.model_id(served), "--max-model-len", str(served.ctx_size),
+                "--allowed-origins", json.dumps(list(runtime.decl.cors_origins))]
         notes = []
         gpus = [d for d in runtime.devices if d.kind == "gpu" and d.total_bytes]
         if gpus:

@@ -50,9 +50,8 @@ class ArchiveInstaller(Installer):
         partial = archive.with_name(archive.name + ".partial")
         prefix = self.prefix(spec, paths)
         staging = prefix.with_name(prefix.name + ".partial")
-        for path in (partial, staging):
-            ledger.add_resource("file" if path is partial else "dir", path, step)  # write-ahead
-        ledger.save()
+        ledger.add_resource("file", partial, step)
+        ledger.add_resource("dir", staging, step)
         if not archive.exists():
             try:
                 download(url, partial, size_hint=0, label=name, report=report)
@@ -63,9 +62,9 @@ class ArchiveInstaller(Installer):
                 partial.unlink(missing_ok=True)
                 raise VerificationFailed(f"{name}: sha256 mismatch: expected {expected}, got {digest}; "
                                          f"partial file {partial} removed")
+            ledger.add_resource("file", archive, step)
             os.replace(partial, archive)
             ledger.forget_resource(partial)
-            ledger.add_resource("file", archive, step)
         elif sha256_file(archive) != expected:
             archive.unlink()
             raise VerificationFailed(f"{name}: the cached archive no longer matches sha256 {expected}; removed it, "
@@ -79,11 +78,11 @@ class ArchiveInstaller(Installer):
                 found = sorted(str(p.relative_to(staging)) for p in staging.rglob(Path(spec.get("binary")).name))
                 raise FarmhandError(f"{name}: no {spec.get('binary')} in the archive"
                                     + (f" (found {', '.join(found)}; set install.binary)" if found else ""))
+            ledger.add_resource("dir", prefix, step)
             shutil.rmtree(prefix, ignore_errors=True)
             os.replace(staging, prefix)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         ledger.forget_resource(staging)
-        ledger.add_resource("dir", prefix, step)
         return self.binary(spec, paths)

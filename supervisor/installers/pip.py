@@ -51,8 +51,7 @@ class PipInstaller(Installer):
         step = f"install:{spec.key}"
         ensure_dir(prefix.parent, ledger, step)
         staging = prefix.with_name(prefix.name + ".partial")
-        ledger.add_resource("dir", staging, step)  # write-ahead: a killed install is swept by destroy
-        ledger.save()
+        ledger.add_resource("dir", staging, step)
         shutil.rmtree(staging, ignore_errors=True)
         try:
             if spec.get("wheel_build"):
@@ -65,13 +64,13 @@ class PipInstaller(Installer):
             _run([sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"), "install",
                   "--quiet", "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement],
                  env=_temp_env(paths))
+            ledger.add_resource("venv", prefix, step)
             shutil.rmtree(prefix, ignore_errors=True)
             os.replace(staging, prefix)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         ledger.forget_resource(staging)
-        ledger.add_resource("venv", prefix, step)
         binary = self.binary(spec, paths)
         if not binary.exists():
             raise FarmhandError(f"{spec.get('package')} installed, but {binary} is not there")
