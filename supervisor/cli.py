@@ -27,13 +27,26 @@ def _paths(ctx: click.Context):
     return paths
 
 
+_HELD: list = []
+
+
 def _home_lock(paths, command: str, no_wait: bool):
-    """Hold this home's lock for a converging command (released when the process ends, however)."""
+    """Hold this home's lock for a converging command; main() lets go when the command ends (the
+    kernel does, if it is killed). Then reap what an interrupted command left: helper processes
+    and temporaries."""
+    from .ledger import Ledger, sweep_temporaries
     from .lock import HomeLock
     from .progress import Reporter
 
     lock = HomeLock(paths.home_lock, command)
     lock.acquire(wait=not no_wait, report=Reporter())
+    _HELD.append(lock)
+    projects: list[str] = []
+    if paths.ledger.exists():
+        ledger = Ledger(paths)
+        ledger.reap_helpers()
+        projects = list(ledger.projects())
+    sweep_temporaries(paths, projects)
     return lock
 
 
@@ -303,14 +316,12 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     import time
 
     from . import plan as planmod
-    from .ledger import sweep_temporaries
     from .progress import Reporter
     from .steps import Context
 
     t0 = time.monotonic()
     project = _project_dir(project_dir)
     _home_lock(_paths(ctx), "apply", no_wait)
-    sweep_temporaries(_paths(ctx))  # what an interrupted run left; nobody else works on this home now
     facts = gather_facts(_paths(ctx))
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
                                       facts=facts, project_dir=project, profiles_dir=profiles_dir)
@@ -537,7 +548,18 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:] or os.environ.get("FARMHAND_DEBUG") == "1"
     argv = [a for a in sys.argv[1:] if a != "--debug"]
     try:
+        _main(argv, debug)
+    finally:
+        for lock in _HELD:
+            lock.release()
+
+
+def _main(argv: list[str], debug: bool) -> None:
+    from . import memo
+
+    try:
         cli(args=argv, standalone_mode=False)
+        memo.flush()
     except FarmhandError as exc:
         if debug:
             raise
@@ -550,6 +572,8 @@ def main() -> None:
         click.echo(f"farmhand: error: {exc.format_message()} (see --help)", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
+        if exc.exit_code == 0:
+            memo.flush()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

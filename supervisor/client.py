@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import FarmhandError
 from .lock import is_held
-from .paths import Paths
+from .paths import Paths, private_dir
 
 
 def _read_json(path: Path) -> dict | None:
@@ -76,7 +76,7 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
             epoch = body.get("epoch", 0) + 1
             os.kill(record["pid"], signal.SIGUSR1)
     else:
-        paths.logs.mkdir(parents=True, exist_ok=True)
+        private_dir(paths.logs)
         log = open(paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
         child = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "run"], stdin=subprocess.DEVNULL, stdout=log,

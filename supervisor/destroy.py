@@ -14,6 +14,7 @@ from pathlib import Path
 from . import client, llamafarm, store
 from .ledger import Ledger
 from .paths import Paths
+from .steps import LAUNCHER_MARK
 
 
 def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
@@ -22,8 +23,9 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     from .ledger import sweep_temporaries
 
     client.down(paths)
-    sweep_temporaries(paths)
     ledger = Ledger(paths)
+    ledger.reap_helpers()
+    sweep_temporaries(paths, list(ledger.projects()))
     removed, kept = [], []
     for project, record in ledger.projects().items():
         path = Path(project)
@@ -59,19 +61,36 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
         from .ledger import atomic_write
 
         atomic_write(ledger.store_index, json.dumps(index, indent=1) + "\n", 0o600)
-    # State farmhand keeps outside the resource list: ledger, specs, logs, supervisor files.
-    for path in (paths.logs, paths.runtimes, paths.deployment, paths.ledger, paths.processes,
-                 paths.supervisor_address, paths.supervisor_lock, paths.cache / "memo.json", paths.cache / "tmp"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+    # farmhand's own directories hold nothing but farmhand's, so whatever a lost or interrupted
+    # ledger did not list goes too: state, caches, backends (and the model store when purging).
+    # config/ may hold the user's overrides.yaml: only emptied directories are removed there.
+    owned = [paths.cache, paths.backends] + ([paths.models] if purge_models else [])
+    for root in owned:
+        if root.is_dir() and not root.is_symlink():
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(str(root))
+    if paths.state.is_dir():
+        for entry in paths.state.iterdir():
+            if entry == paths.home_lock:
+                continue  # held by this command; let go below
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    launcher = paths.launcher_dir / "farmhand"
+    try:
+        if LAUNCHER_MARK in launcher.read_text(errors="replace"):
+            launcher.unlink()
+            removed.append(str(launcher))
+    except OSError:
+        pass
     if lock is not None:
-        lock.release(remove=True)
-    for root in [paths.state, paths.config, paths.cache, paths.data / "backends", paths.data] + (
-            [paths.models] if purge_models else []):
+        lock.release()
+    # FARMHAND_HOME/bin is farmhand's layout; ~/.local/bin and /usr/local/bin are not (the ledger
+    # removed them above only if farmhand created them).
+    for root in [paths.state, paths.config, paths.data] + ([paths.launcher_dir] if paths.mode == "home" else []):
         _remove_if_empty(root)
-    return {"removed": removed, "kept": kept}
+    return {"removed": list(dict.fromkeys(removed)), "kept": kept}
 
 
 def _remove_if_empty(path: Path) -> None:

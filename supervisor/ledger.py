@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .paths import Paths
+from .paths import Paths, private_dir
 
 LEDGER_VERSION = 2
 
@@ -31,7 +31,7 @@ LEDGER_VERSION = 2
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write to a temp file beside `path`, fsync, then rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -40,11 +40,13 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not exc.filename:
+            exc.filename = str(path)
         raise
 
 
@@ -117,6 +119,28 @@ class Ledger:
     def drop_artifact(self, key: str) -> None:
         self.data["artifacts"].pop(key, None)
 
+    # helper processes (pip, builds) of a running apply ------------------------------------------
+    def add_helper(self, ident: dict) -> None:
+        with self._lock:
+            self.data.setdefault("helpers", []).append(ident)
+            self.save()
+
+    def forget_helper(self, ident: dict) -> None:
+        with self._lock:
+            self.data["helpers"] = [h for h in self.data.get("helpers", []) if h != ident]
+            self.save()
+
+    def reap_helpers(self) -> list[int]:
+        """Kill the sessions of helpers an interrupted apply left running (identity-checked)."""
+        from .process import reap_leftovers
+
+        with self._lock:
+            helpers, self.data["helpers"] = list(self.data.get("helpers", [])), []
+        killed = reap_leftovers(helpers) if helpers else []
+        if helpers:
+            self.save()
+        return killed
+
     # choices a re-run keeps ----------------------------------------------------------------------
     def pinned_roles(self, profile: str) -> dict[str, dict]:
         """{role: {"runtime"|"remote": name, "model": name}} from the last apply of `profile`."""
@@ -184,13 +208,18 @@ def fingerprint_matches(record: dict | None, path: Path) -> bool:
 TEMPORARY = (".farmhand-*", "*.partial", ".*.tmp")
 
 
-def sweep_temporaries(paths: Paths) -> list[Path]:
+def sweep_temporaries(paths: Paths, projects: list[str] = ()) -> list[Path]:
     """Remove what an interrupted run left in farmhand's own directories: partial downloads,
-    staging directories, pip and build temporaries, half-written files. Only safe while no
-    other farmhand command runs on this home (callers hold the home lock)."""
+    staging directories, pip and build temporaries, half-written files; and in the projects it
+    wrote, a half-written llamafarm.yaml. Only safe while no other farmhand command runs on this
+    home (callers hold the home lock)."""
     import shutil
 
     removed = []
+    for project in projects:
+        for path in Path(project).parent.glob(f".{Path(project).name}.*.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
     # Not the state directory: the supervisor (which takes no home lock) writes there.
     for root in (paths.models, paths.backends, paths.downloads, paths.wheelhouse, paths.cache, paths.cache / "tmp"):
         if not root.is_dir():

@@ -10,6 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from .paths import private_dir
+
 
 class LockHeld(Exception):
     pass
@@ -22,7 +24,7 @@ class InstanceLock:
 
     def acquire(self) -> None:
         """Take the lock or raise LockHeld at once (never waits)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -73,6 +75,7 @@ class HomeLock:
     def __init__(self, path: Path, command: str):
         self.path, self.command = Path(path), command
         self._fd: int | None = None
+        self.created_dirs: list[Path] = []  # made only to hold the lock: removed with it if still empty
 
     def holder(self) -> dict:
         import json
@@ -92,7 +95,13 @@ class HomeLock:
 
         from .errors import Conflict
 
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        missing, probe = [], self.path.parent
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            self.created_dirs.insert(0, directory)
         told = False
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -121,7 +130,9 @@ class HomeLock:
             self._fd = fd
             return
 
-    def release(self, remove: bool = False) -> None:
+    def release(self, remove: bool = True) -> None:
+        """Let go. The file goes too (a command waiting on the old file sees the inode change and
+        takes a new one), and so do directories made only to hold it, if nothing else is in them."""
         if self._fd is None:
             return
         if remove:
@@ -130,6 +141,11 @@ class HomeLock:
             os.ftruncate(self._fd, 0)
         os.close(self._fd)
         self._fd = None
+        for directory in self.created_dirs:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> HomeLock:
         return self

@@ -44,19 +44,36 @@ def lookup(namespace: str, key: str) -> object:
     return _load().get(f"{namespace}:{key}", MISSING)
 
 
+_dirty = False
+
+
 def store(namespace: str, key: str, value: object) -> None:
+    """Remember a value; it reaches the file at flush() (when the command succeeded)."""
+    global _dirty
     data = _load()
     data[f"{namespace}:{key}"] = value
-    if _file is not None:
-        from .ledger import atomic_write
+    _dirty = True
 
-        if len(data) > MAX_ENTRIES:
-            for old in list(data)[: len(data) - MAX_ENTRIES]:
-                del data[old]
-        try:
-            atomic_write(_file, json.dumps(data), 0o600)
-        except OSError:
-            pass  # a read-only cache only costs speed
+
+def flush() -> None:
+    """Write what was learned. Called once a command succeeded, so a refused command leaves no
+    cache file behind."""
+    global _dirty
+    if not _dirty or _file is None or _data is None:
+        return
+    from .ledger import atomic_write
+    from .paths import private_dir
+
+    data = _data
+    if len(data) > MAX_ENTRIES:
+        for old in list(data)[: len(data) - MAX_ENTRIES]:
+            del data[old]
+    try:
+        private_dir(_file.parent)
+        atomic_write(_file, json.dumps(data), 0o600)
+        _dirty = False
+    except OSError:
+        pass  # a read-only cache only costs speed
 
 
 def remember(namespace: str, key: str, compute: Callable[[], object]) -> object:

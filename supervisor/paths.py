@@ -100,10 +100,28 @@ class Paths:
         return [self.data, self.state, self.config, self.cache]
 
 
+def private_dir(path: Path) -> Path:
+    """Create a directory and any missing parents readable by their owner only (0700): state,
+    logs and models hold prompts, keys' names and weights."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def resolve(system: bool = False) -> Paths:
+    from .errors import BadInput, EnvironmentProblem
+
     home = os.environ.get("FARMHAND_HOME")
     if home:
         root = Path(home).expanduser().resolve()
+        if root.exists() and not root.is_dir():
+            raise BadInput(f"FARMHAND_HOME={home} is not a directory; point it at a directory (it is created if missing)")
         return Paths(root / "data", root / "state", root / "config", root / "cache", "home")
     if system:
         return Paths(
@@ -113,6 +131,10 @@ def resolve(system: bool = False) -> Paths:
             Path("/var/cache") / APP,
             "system",
         )
+    user_home = os.path.expanduser("~")
+    if user_home == "~" or not os.path.isabs(user_home):
+        raise EnvironmentProblem(f"cannot tell this user's home directory (HOME is unset and uid {os.getuid()} has no "
+                                 "passwd entry): set HOME, or FARMHAND_HOME=DIR, or run with --system as root")
     import platformdirs
 
     return Paths(

@@ -393,9 +393,13 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
                     changed.add(step_id)
                 except BaseException as exc:  # keep what the others did; re-raise the first
                     error = error or exc
-            ctx.ledger.save()
             if error is not None:
+                try:
+                    ctx.ledger.save()
+                except OSError:
+                    pass  # the step's own error (a full disk, say) is the one to report
                 raise error
+            ctx.ledger.save()
     ctx.ledger.pin_roles(plan.profile["name"], plan.selection.pins())
     ctx.ledger.set_ports(plan.ports)
     ctx.ledger.save()

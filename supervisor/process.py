@@ -107,6 +107,48 @@ def spawn(argv: list[str], env: dict[str, str], stdout) -> subprocess.Popen:
     )
 
 
+def run_captured(argv: list[str], ledger=None, env: dict | None = None) -> tuple[int, str, str]:
+    """Run a helper to completion: (exit code, stdout, stderr). Tracked when a ledger is given."""
+    proc = run_helper(argv, ledger, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        finish_helper(proc, ledger)
+    return proc.returncode, out, err
+
+
+def run_helper(argv: list[str], ledger, *, env: dict | None = None, stdout=None, stderr=None,
+               text: bool = True) -> subprocess.Popen:
+    """Start a helper (pip, a build) that apply waits for, in its own session, recorded in the
+    ledger first: if apply is killed, the next farmhand command on this home reaps the whole
+    session (compilers included), identity-checked. PR_SET_PDEATHSIG ends the helper itself
+    at once when apply dies."""
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=text,
+                            start_new_session=True, preexec_fn=_child_setup,  # noqa: PLW1509 - prctl only
+                            errors="replace" if text else None)
+    if ledger is not None:
+        ident = identity_of(proc.pid) or Identity(proc.pid, 0.0, proc.pid)
+        ledger.add_helper(ident.to_json())
+        proc.farmhand_ident = ident  # type: ignore[attr-defined]
+    return proc
+
+
+def finish_helper(proc: subprocess.Popen, ledger) -> None:
+    """The helper is done: stop anything it left in its session and forget it."""
+    ident = getattr(proc, "farmhand_ident", None)
+    if ident is not None and ledger is not None:
+        for member in session_members(ident):
+            try:
+                member.kill()
+            except psutil.Error:
+                pass
+        ledger.forget_helper(ident.to_json())
+
+
 def signal_session(ident: Identity, sig: int) -> int:
     """Send `sig` to every live member of the runtime's session; how many were signalled."""
     sent = 0

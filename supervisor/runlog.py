@@ -7,6 +7,8 @@ import collections
 import os
 from pathlib import Path
 
+from .paths import private_dir
+
 TAIL_LINES = 40
 
 
@@ -14,7 +16,7 @@ class RotatingLog:
     def __init__(self, path: Path, max_bytes: int, backups: int):
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         self._fh = self._open("ab")
 
     def _open(self, mode: str):

@@ -110,6 +110,11 @@ class ModelStep(Step):
     def path(self, ctx: Context) -> Path:
         return store.store_path(ctx.paths.models, self.model)
 
+    def preflight(self, ctx: Context) -> None:
+        """Cheap refusals before anything is written: a local file that is not the model it
+        claims to be, or a disk without room for it."""
+        store.preflight(self.model, ctx.paths.models)
+
     def check(self, ctx: Context) -> Status:
         record = ctx.ledger.artifact(self.id)
         if store.in_store(ctx.paths.models, self.model, record):
@@ -133,7 +138,7 @@ class ModelStep(Step):
                     return f"verified {path}"
             except OSError:
                 pass
-        record = store.fetch(self.model, ctx.paths.models, ctx.report)
+        record = store.fetch(self.model, ctx.paths.models, ctx.report, ctx.ledger)
         ctx.ledger.set_artifact(self.id, record)
         return f"fetched {self.model.name} from {record['source']} (sha256 {record['sha256'][:12]}…)"
 
@@ -190,21 +195,38 @@ class ConfigStep(Step):
         return llamafarm.merged(existing, desired, managed, written)
 
     def preflight(self, ctx: Context) -> None:
+        if not os.access(ctx.project_dir, os.W_OK):
+            from .errors import EnvironmentProblem
+
+            raise EnvironmentProblem(f"{ctx.project_dir}: not writable, so farmhand cannot write llamafarm.yaml there "
+                                     "(choose another --project-dir, or fix its owner or mode); nothing was changed")
         existing = llamafarm.load_existing(self.path(ctx))  # malformed YAML stops the run here
         if existing is not None:
             llamafarm.validate(self._desired(ctx, existing), str(self.path(ctx)))
+
+    def _lost(self, ctx: Context) -> bool:
+        """farmhand's own file (exactly what it renders) that the ledger has no record of."""
+        path = self.path(ctx)
+        return str(path) not in ctx.ledger.projects() and path.is_file() and path.read_text() == self.rendered
 
     def check(self, ctx: Context) -> Status:
         path = self.path(ctx)
         existing = llamafarm.load_existing(path)
         if existing is None:
             return Status(False, f"will create {path}")
+        if self._lost(ctx):
+            return Status(False, f"will adopt {path} (written by farmhand; its ledger record was lost)")
         if self._desired(ctx, existing) == existing:
             return Status(True, f"{path} (roles: {', '.join(self.managed)})")
         return Status(False, f"will update runtime.models in {path} (backup kept)")
 
     def apply(self, ctx: Context) -> str:
         path = self.path(ctx)
+        if self._lost(ctx):
+            ctx.ledger.project(path).update({"created": True, "managed": list(self.managed),
+                                             "default_written": self.default_model,
+                                             "sha256": store.sha256_file(path)})
+            return f"adopted {path}"
         managed, written = self._owned(ctx)
         record = ctx.ledger.project(path)
         if "created" not in record:
@@ -230,9 +252,19 @@ class RuntimeStep(Step):
         self.spec_of, self.port_sources, self.after = spec_of, port_sources, after
 
     def preflight(self, ctx: Context) -> None:
+        import re
+
         from . import ports
+        from .errors import EnvironmentProblem
 
         spec = self.spec_of()
+        for runtime in spec.runtimes:
+            for _name, value in runtime.env:
+                for var in re.findall(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", value):
+                    if not os.environ.get(var):
+                        raise EnvironmentProblem(
+                            f"{var} is not set (or empty): refusing to start {runtime.name} without its API key; "
+                            f"export {var}=... and re-run (nothing was changed)")
         for runtime in spec.runtimes:
             ports.ensure_free_or_ours(runtime.port, ctx.paths, runtime.name, self.port_sources.get(runtime.name, ""))
         if spec.port:

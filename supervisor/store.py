@@ -17,6 +17,7 @@ from . import sources
 from .deployment import ModelSpec
 from .errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from .ledger import file_fingerprint, fingerprint_matches
+from .paths import private_dir
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
@@ -68,21 +69,41 @@ def file_sources(model: ModelSpec) -> list[str]:
     return [uri for uri in model.sources if sources.get(uri).delivers_file(uri)]
 
 
-def fetch(model: ModelSpec, models_dir: Path, report) -> dict:
+def preflight(model: ModelSpec, models_dir: Path) -> None:
+    """What can be refused before fetching: room on the disk, and a local source file that is not
+    what the model declares (checked without reading more than its first bytes)."""
+    _check_room(model, models_dir)
+    local = next((u for u in file_sources(model) if sources.scheme_of(u) == "file"), None)
+    if local is not None:
+        try:
+            check_local_source(local, model)
+        except sources.SourceFailed:
+            pass  # missing or unreadable: the next source may deliver
+
+
+def _check_room(model: ModelSpec, models_dir: Path) -> None:
+    probe = Path(models_dir)
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if model.size_bytes * 1.05 > free:
+        raise EnvironmentProblem(f"{model.name} needs {model.size_bytes / 1e9:.1f} GB, {models_dir} has "
+                                 f"{free / 1e9:.1f} GB free: not enough space left on device")
+
+
+def fetch(model: ModelSpec, models_dir: Path, report, ledger=None) -> dict:
     """Fetch `model` into the store from its first working source; return its fingerprint."""
     target = store_path(models_dir, model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(target.parent).free
-    if model.size_bytes * 1.05 > free:
-        raise EnvironmentProblem(f"{model.name} needs {model.size_bytes / 1e9:.1f} GB, {target.parent} has "
-                                 f"{free / 1e9:.1f} GB free")
+    private_dir(target.parent)
+    _check_room(model, models_dir)
     partial = target.with_name(target.name + ".partial")
     failures = []
     for uri in file_sources(model):
         try:
             if sources.scheme_of(uri) == "file":
                 check_local_source(uri, model)
-            sources.get(uri).fetch(uri, partial, size_hint=model.size_bytes, label=model.name, report=report)
+            sources.get(uri).fetch(uri, partial, size_hint=model.size_bytes, label=model.name, report=report,
+                                   ledger=ledger)
         except sources.SourceFailed as exc:
             failures.append(f"{uri}: {exc}")
             report.line(f"  {model.name}: source {uri} failed ({exc}); trying the next")

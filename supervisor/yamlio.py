@@ -57,6 +57,9 @@ def load_text(text: str, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, opened = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and opened is not None and mark is not None and opened.line != mark.line:
+            problem += f" ({context.removeprefix('while parsing ')} opened on line {opened.line + 1})"
         raise BadInput(f"{where}: malformed YAML: {problem}") from None
 
 

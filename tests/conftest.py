@@ -70,8 +70,11 @@ class Farmhand:
                                  "PYTHONUNBUFFERED": "1"}
         self.env.pop("NOTIFY_SOCKET", None)
 
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "supervisor"]
+
     def run(self, *args: str, timeout: float = 900, check: bool | None = None, env: dict | None = None):
-        proc = subprocess.run([sys.executable, "-m", "supervisor", *args], cwd=self.project, env=self.env | (env or {}),
+        proc = subprocess.run([*self.argv(), *args], cwd=self.project, env=self.env | (env or {}),
                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check and proc.returncode != 0:
             raise AssertionError(f"farmhand {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

@@ -171,3 +171,37 @@ def test_readiness_is_reported_promptly_and_status_has_details(farmhand):
     table = farmhand.run("status", check=True).stdout
     assert "svc" in table and "ready" in table and str(port) in table
     assert "fake runtime pid" in farmhand.run("logs", "svc", check=True).stdout
+
+
+def test_a_stopped_supervisor_is_not_responding_and_never_doubled(farmhand):
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port)])
+    farmhand.run("up", check=True)
+    sup = supervisor_pid(farmhand)
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        status = farmhand.run("status", "--json")
+        body = json.loads(status.stdout)
+        assert status.returncode == 1 and body["status"] == "not responding" and body["supervisor"]["pid"] == sup
+        assert f"supervisor: not responding (pid {sup})" in farmhand.run("status").stdout
+        up = farmhand.run("up")
+        assert up.returncode == 3 and f"the supervisor (pid {sup}) is not responding" in up.stderr
+        assert len(supervisors(farmhand)) == 1 and len(leaders(farmhand, port)) == 1
+    finally:
+        down = farmhand.run("down")  # SIGTERM, and SIGCONT so a stopped supervisor can act on it
+    assert down.returncode == 0
+    assert not home_processes(farmhand.home)
+
+
+def test_up_restarts_runtimes_that_gave_up_with_a_fresh_budget(farmhand, tmp_path):
+    marker = tmp_path / "fixed"
+    farmhand.write_specs([fake_spec("svc", free_port(), "--fail-unless", str(marker), max_failures=2, backoff=0.02)])
+    first = farmhand.run("up")
+    assert first.returncode == 1 and "fixed is missing" in first.stderr, first.stderr
+    assert json.loads(farmhand.run("status", "--json").stdout)["runtimes"][0]["state"] == "failed"
+    marker.write_text("")  # the cause is fixed
+    again = farmhand.json("up")
+    (rt,) = again["runtimes"]
+    assert again["status"] == "ok" and rt["state"] == "ready" and again["epoch"] == 1
+    assert len(supervisors(farmhand)) == 1
+    farmhand.run("down", check=True)

@@ -18,9 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import FarmhandError
+from ..errors import EnvironmentProblem, FarmhandError
 from ..ledger import ensure_dir
-from ..paths import Paths
+from ..paths import Paths, private_dir
+from ..process import finish_helper, run_captured, run_helper
 from . import Installer, InstallSpec, missing_tools
 
 CMAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
@@ -60,9 +61,9 @@ class PipInstaller(Installer):
             else:
                 requirement = [f"{spec.get('package')}=={spec.get('version')}"]
                 extra = [f"--extra-index-url={url}" for url in spec.get("extra_index_urls", [])]
-            _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")])
+            _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")], ledger)
             _run([sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"), "install",
-                  "--quiet", "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement],
+                  "--quiet", "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement], ledger,
                  env=_temp_env(paths))
             ledger.add_resource("venv", prefix, step)
             shutil.rmtree(prefix, ignore_errors=True)
@@ -84,7 +85,7 @@ class PipInstaller(Installer):
             return existing[0]
         if "FARMHAND_WHEELHOUSE" not in os.environ:
             ensure_dir(target, ledger, f"install:{spec.key}")
-        target.mkdir(parents=True, exist_ok=True)
+        private_dir(target)
         env = os.environ | _temp_env(paths) | dict(spec.get("build_env", {}))
         if spec.get("jobs_env"):
             env.setdefault(spec.get("jobs_env"), str(os.cpu_count() or 2))
@@ -94,7 +95,7 @@ class PipInstaller(Installer):
             flags = " ".join(f"{k}={v}" for k, v in spec.get("build_env", {}).items())
             report.line(f"  building {spec.get('package')} {spec.get('version')} ({spec.variant}; {flags}) - "
                         "this takes minutes")
-            tail = run_with_progress(argv, env, report, f"build {spec.backend}", CMAKE_PERCENT)
+            tail = run_with_progress(argv, env, report, f"build {spec.backend}", CMAKE_PERCENT, ledger)
             wheels = sorted(Path(tmp).glob("*.whl"))
             if not wheels:
                 raise FarmhandError(f"building {spec.get('package')} produced no wheel; last output:\n{tail}")
@@ -107,24 +108,28 @@ def _temp_env(paths: Paths) -> dict[str, str]:
     """pip and compilers write their temporaries under farmhand's cache, never the host's /tmp:
     a build killed half-way leaves nothing that `destroy` does not know about."""
     tmp = paths.cache / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(tmp)
     return {"TMPDIR": str(tmp)}
 
 
-def _run(argv: list[str], env: dict | None = None) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env=None if env is None else os.environ | env)
-    if proc.returncode != 0:
-        raise FarmhandError(f"{' '.join(argv[:4])} ... failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
+def _run(argv: list[str], ledger, env: dict | None = None) -> None:
+    rc, _out, err = run_captured(argv, ledger, env=None if env is None else os.environ | env)
+    if rc != 0:
+        _raise_for_output(f"{' '.join(argv[:4])} ...", rc, err)
 
 
-def run_with_progress(argv: list[str], env: dict, report, task: str, percent: re.Pattern) -> str:
+def _raise_for_output(task: str, rc: int, output: str) -> None:
+    if "No space left on device" in output:  # the disk filled: the host's problem, not a bug
+        raise EnvironmentProblem(f"{task}: no space left on device; free some space and re-run")
+    raise FarmhandError(f"{task} failed (exit {rc}): {output.strip()[-400:]}")
+
+
+def run_with_progress(argv: list[str], env: dict, report, task: str, percent: re.Pattern, ledger=None) -> str:
     """Run a long command, turning its '[ NN%]' lines into progress; return its output's tail.
 
     Raises FarmhandError with the tail when it fails."""
     tail: list[str] = []
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            stdin=subprocess.DEVNULL, errors="replace")
+    proc = run_helper(argv, ledger, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -137,7 +142,11 @@ def run_with_progress(argv: list[str], env: dict, report, task: str, percent: re
         proc.kill()
         proc.wait()
         raise
+    finally:
+        finish_helper(proc, ledger)
     if rc != 0:
+        if any("No space left on device" in line for line in tail):
+            raise EnvironmentProblem(f"{task}: no space left on device; free some space and re-run")
         raise FarmhandError(f"{task} failed (exit {rc}); last output:\n" + "\n".join(tail[-15:]))
     report.progress(task, 1.0, "done")
     return "\n".join(tail)

@@ -31,8 +31,9 @@ class Source:
     def reachable(self, uri: str, timeout: float = REACH_TIMEOUT) -> tuple[bool, str]:
         raise NotImplementedError
 
-    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report) -> None:
-        """Write the bytes of `uri` into `partial` (resuming what is there when it can)."""
+    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report, ledger=None) -> None:
+        """Write the bytes of `uri` into `partial` (resuming what is there when it can). Helper
+        processes are recorded in `ledger` while they run."""
         raise SourceFailed(f"{self.scheme}:// sources are pulled by their backend, not into the store")
 
 

@@ -20,7 +20,11 @@ def copy_with_progress(source: Path, partial: Path, label: str, report) -> None:
     with open(source, "rb") as src, open(partial, "wb") as dst:
         done = 0
         for block in iter(lambda: src.read(CHUNK), b""):
-            dst.write(block)
+            try:
+                dst.write(block)
+            except OSError as exc:
+                exc.filename = exc.filename or str(partial)
+                raise
             done += len(block)
             report.progress(f"copy {label}", done / max(total, 1))
 
@@ -33,7 +37,7 @@ class FileSource(Source):
         path = local_path(uri)
         return (True, "local file") if os.path.isfile(path) else (False, f"file: {path} does not exist")
 
-    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report) -> None:
+    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report, ledger=None) -> None:
         source = local_path(uri)
         if not source.is_file():
             raise SourceFailed(f"{source} does not exist")

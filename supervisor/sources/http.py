@@ -49,6 +49,9 @@ def download(url: str, partial: Path, *, size_hint: int, label: str, report) -> 
                     report.progress(f"download {label}", done / max(total, 1))
     except requests.RequestException as exc:
         raise SourceFailed(short_reason(exc)) from None
+    except OSError as exc:  # the disk, not the network: name the file it was writing
+        exc.filename = exc.filename or str(partial)
+        raise
 
 
 def head(url: str, timeout: float) -> tuple[bool, str]:
@@ -74,7 +77,7 @@ class HttpSource(Source):
     def reachable(self, uri: str, timeout: float = REACH_TIMEOUT) -> tuple[bool, str]:
         return head(self.url(uri), timeout)
 
-    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report) -> None:
+    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report, ledger=None) -> None:
         download(self.url(uri), partial, size_hint=size_hint, label=label, report=report)
 
 

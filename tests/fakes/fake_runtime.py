@@ -18,6 +18,7 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--ready-after", type=float, default=0.0, help="answer 503 until then")
 parser.add_argument("--crash-after", type=float, default=None, help="exit 1 this long after start")
 parser.add_argument("--exit-immediately", action="store_true")
+parser.add_argument("--fail-unless", help="exit at once unless this file exists (a fault that gets fixed)")
 parser.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM (needs SIGKILL)")
 parser.add_argument("--stop-delay", type=float, default=0.0, help="take this long to exit after SIGTERM")
 parser.add_argument("--fork-child", action="store_true", help="leave a background child in the session")
@@ -30,6 +31,9 @@ if args.child:  # the background child: lives until signalled
         time.sleep(3600)
 
 print(f"fake runtime pid {os.getpid()} port {args.port}", flush=True)
+if args.fail_unless and not os.path.exists(args.fail_unless):
+    print(f"fatal: {args.fail_unless} is missing", flush=True)
+    sys.exit(3)
 if args.exit_immediately:
     print("fatal: exiting at once", flush=True)
     sys.exit(3)
