@@ -41,4 +41,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 bench-faults: $(STAMP)
-	FARMHAND_FAULT_REPEAT=200 $(PY) -m pytest -q -p no:cacheprovider tests/test_faults.py
+	FARMHAND_FAULT_REPEAT=200 $(PY) -m pytest -q -p no:cacheprovider tests/test_faults.py tests/test_faults_apply.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -61,6 +62,7 @@ def bench_scaling(results: dict) -> None:
                 downs.append((time.perf_counter() - t0) * 1000)
         finally:
             subprocess.run([sys.executable, "-m", "supervisor", "destroy", "--yes"], env=env, capture_output=True)
+            shutil.rmtree(home, ignore_errors=True)
         results[f"up_all_ready_n{n}_ms"] = statistics.median(ups)
         results[f"down_all_stopped_n{n}_ms"] = statistics.median(downs)
     results["up_n4_over_n1"] = results["up_all_ready_n4_ms"] / results["up_all_ready_n1_ms"]
@@ -150,6 +152,7 @@ def main() -> None:
         bench_scaling(results)
     finally:
         run("destroy", "--yes", "--purge-models", check=False)
+        shutil.rmtree(home, ignore_errors=True)
     report(results)
 
 
