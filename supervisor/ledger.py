@@ -170,18 +170,10 @@ class Ledger:
             atomic_write(self.path, text, 0o600)
 
 
-def ensure_dir(path: Path, ledger: Ledger, step: str, mode: int = 0o700) -> Path:
-    """Create a directory (and parents), each recorded before it is made; owner-only."""
-    path = Path(path)
-    missing = []
-    probe = path
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        ledger.add_resource("dir", directory, step)
-        directory.mkdir(mode=mode, exist_ok=True)
-    return path
+def ensure_dir(path: Path, ledger: Ledger, step: str) -> Path:
+    """Create a directory (and parents), owner-only, each recorded before it is made."""
+    private_dir(path, before_each=lambda directory: ledger.add_resource("dir", directory, step))
+    return Path(path)
 
 
 FINGERPRINT = ("size", "mtime_ns", "ctime_ns", "inode")

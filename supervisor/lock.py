@@ -17,6 +17,25 @@ class LockHeld(Exception):
     pass
 
 
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on `path`, or None when another process holds it. A file
+    unlinked by its last holder between our open and our flock is not trusted: the inode is
+    compared with the path's, and a mismatch means open the new file and try again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 class InstanceLock:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -25,21 +44,9 @@ class InstanceLock:
     def acquire(self) -> None:
         """Take the lock or raise LockHeld at once (never waits)."""
         private_dir(self.path.parent)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise LockHeld(str(self.path)) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-                return
-            os.close(fd)
+        self._fd = _try_lock(self.path)
+        if self._fd is None:
+            raise LockHeld(str(self.path))
 
     def release(self) -> None:
         """Remove the file while still holding the lock, then let go."""
@@ -95,34 +102,18 @@ class HomeLock:
 
         from .errors import Conflict
 
-        missing, probe = [], self.path.parent
-        while not probe.exists():
-            missing.append(probe)
-            probe = probe.parent
-        for directory in reversed(missing):
-            directory.mkdir(mode=0o700, exist_ok=True)
-            self.created_dirs.insert(0, directory)
+        self.created_dirs = list(reversed(private_dir(self.path.parent)))  # innermost first, for removal
         told = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            fd = _try_lock(self.path)
+            if fd is None:
                 if not wait:
                     raise Conflict(f"another farmhand command is working on this home: {self.describe_holder()}; "
-                                   "run again without --no-wait to wait for it") from None
+                                   "run again without --no-wait to wait for it")
                 if not told and report is not None:
                     report.line(f"waiting for {self.describe_holder()} to finish ...")
                     told = True
                 time.sleep(0.05)
-                continue
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False  # the holder was `destroy`, which removed the file: take a new one
-            if not same:
-                os.close(fd)
                 continue
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "command": self.command,

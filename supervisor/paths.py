@@ -100,18 +100,22 @@ class Paths:
         return [self.data, self.state, self.config, self.cache]
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, before_each=None) -> list[Path]:
     """Create a directory and any missing parents readable by their owner only (0700): state,
-    logs and models hold prompts, keys' names and weights."""
-    path = Path(path)
+    logs and models hold prompts, keys' names and weights. `before_each(dir)` runs before each
+    one is made (the ledger records it first). Returns the directories it made, outermost first."""
     missing = []
-    probe = path
+    probe = Path(path)
     while not probe.exists():
         missing.append(probe)
         probe = probe.parent
+    made = []
     for directory in reversed(missing):
+        if before_each is not None:
+            before_each(directory)
         directory.mkdir(mode=0o700, exist_ok=True)
-    return path
+        made.append(directory)
+    return made
 
 
 def resolve(system: bool = False) -> Paths:

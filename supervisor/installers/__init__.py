@@ -12,8 +12,10 @@ module with an Installer subclass and list it in INSTALLERS.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,25 @@ class LiveTools:
 
 LIVE = LiveTools()
 UNKNOWN = "unknown"
+
+
+@contextlib.contextmanager
+def staged(prefix: Path, ledger, step: str, kind: str = "dir"):
+    """Build an install in `<prefix>.partial` (recorded first), then swap it into place whole;
+    on any failure the staging directory goes and the old install, if any, stays."""
+    staging = prefix.with_name(prefix.name + ".partial")
+    ledger.add_resource("dir", staging, step)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+        ledger.add_resource(kind, prefix, step)
+        shutil.rmtree(prefix, ignore_errors=True)
+        os.replace(staging, prefix)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        ledger.forget_resource(staging)
 
 
 def missing_tools(needed: list[tuple[str, str]], tools) -> str | None:

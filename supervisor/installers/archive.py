@@ -9,13 +9,12 @@ so a new version installs beside the old one.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from ..errors import BadInput, FarmhandError, VerificationFailed
 from ..ledger import ensure_dir
 from ..paths import Paths
-from . import Installer, InstallSpec
+from . import Installer, InstallSpec, staged
 
 
 class ArchiveInstaller(Installer):
@@ -49,9 +48,7 @@ class ArchiveInstaller(Installer):
         archive = paths.downloads / f"{expected[:16]}-{name}"
         partial = archive.with_name(archive.name + ".partial")
         prefix = self.prefix(spec, paths)
-        staging = prefix.with_name(prefix.name + ".partial")
         ledger.add_resource("file", partial, step)
-        ledger.add_resource("dir", staging, step)
         if not archive.exists():
             try:
                 download(url, partial, size_hint=0, label=name, report=report)
@@ -70,19 +67,11 @@ class ArchiveInstaller(Installer):
             raise VerificationFailed(f"{name}: the cached archive no longer matches sha256 {expected}; removed it, "
                                      "re-run to download again")
         ensure_dir(prefix.parent, ledger, step)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with staged(prefix, ledger, step) as staging:
             extract.extract(archive, staging)
             binary = staging / spec.get("binary")
             if not binary.is_file():
                 found = sorted(str(p.relative_to(staging)) for p in staging.rglob(Path(spec.get("binary")).name))
                 raise FarmhandError(f"{name}: no {spec.get('binary')} in the archive"
                                     + (f" (found {', '.join(found)}; set install.binary)" if found else ""))
-            ledger.add_resource("dir", prefix, step)
-            shutil.rmtree(prefix, ignore_errors=True)
-            os.replace(staging, prefix)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        ledger.forget_resource(staging)
         return self.binary(spec, paths)

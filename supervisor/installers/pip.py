@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from ..errors import EnvironmentProblem, FarmhandError
 from ..ledger import ensure_dir
 from ..paths import Paths, private_dir
 from ..process import finish_helper, run_captured, run_helper
-from . import Installer, InstallSpec, missing_tools
+from . import Installer, InstallSpec, missing_tools, staged
 
 CMAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
 
@@ -51,10 +50,7 @@ class PipInstaller(Installer):
         prefix = self.prefix(spec, paths)
         step = f"install:{spec.key}"
         ensure_dir(prefix.parent, ledger, step)
-        staging = prefix.with_name(prefix.name + ".partial")
-        ledger.add_resource("dir", staging, step)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        with staged(prefix, ledger, step, kind="venv") as staging:
             if spec.get("wheel_build"):
                 wheel = self.build_wheel(spec, paths, ledger, report)
                 requirement, extra = [str(wheel)], ["--no-deps", "--no-index"]
@@ -65,13 +61,6 @@ class PipInstaller(Installer):
             _run([sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"), "install",
                   "--quiet", "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement], ledger,
                  env=_temp_env(paths))
-            ledger.add_resource("venv", prefix, step)
-            shutil.rmtree(prefix, ignore_errors=True)
-            os.replace(staging, prefix)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        ledger.forget_resource(staging)
         binary = self.binary(spec, paths)
         if not binary.exists():
             raise FarmhandError(f"{spec.get('package')} installed, but {binary} is not there")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import REACH_TIMEOUT, Source, short_reason
+from . import REACH_TIMEOUT, Source
 
 REGISTRY = "https://registry.ollama.ai"
 
@@ -19,15 +19,10 @@ class OllamaSource(Source):
         return False
 
     def reachable(self, uri: str, timeout: float = REACH_TIMEOUT) -> tuple[bool, str]:
-        import requests
+        from .http import head
 
         name, tag = split(uri)
         if "/" not in name:
             name = f"library/{name}"
-        try:
-            resp = requests.head(f"{REGISTRY}/v2/{name}/manifests/{tag}", timeout=timeout, allow_redirects=True)
-        except requests.RequestException as exc:
-            return False, f"ollama: {short_reason(exc)}"
-        if resp.status_code >= 400 and resp.status_code != 405:
-            return False, f"ollama: HTTP {resp.status_code}"
-        return True, "ollama: reachable"
+        ok, why = head(f"{REGISTRY}/v2/{name}/manifests/{tag}", timeout)
+        return ok, "ollama:" + why.split(":", 1)[1]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import EnvironmentProblem
 from ..process import run_captured
-from . import REACH_TIMEOUT, Source, SourceFailed, short_reason
+from . import REACH_TIMEOUT, Source, SourceFailed
 from .file import copy_with_progress
 
 
@@ -29,15 +29,10 @@ class PipSource(Source):
         if index.startswith("file://"):
             path = Path(index[len("file://"):]) / package_name(uri)
             return (True, "pip: in the local index") if path.exists() else (False, f"pip: not in {index}")
-        import requests
+        from .http import head
 
-        try:
-            resp = requests.head(f"{index}/{package_name(uri)}/", timeout=timeout, allow_redirects=True)
-        except requests.RequestException as exc:
-            return False, f"pip: {short_reason(exc)}"
-        if resp.status_code >= 400 and resp.status_code != 405:
-            return False, f"pip: HTTP {resp.status_code}"
-        return True, "pip: reachable"
+        ok, why = head(f"{index}/{package_name(uri)}/", timeout)
+        return ok, "pip:" + why.split(":", 1)[1]
 
     def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report, ledger=None,
               filename: str | None = None, python: str = sys.executable) -> None:
