@@ -20,6 +20,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 from conftest import WHEELHOUSE, free_port  # noqa: E402
 
 
@@ -150,6 +151,9 @@ def main() -> None:
         results["supervisor_rss_mb"] = sup.memory_info().rss / 2**20
         results["supervisor_idle_cpu_pct"] = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / idle_s
         bench_scaling(results)
+        import fetch
+
+        fetch.main(results)
     finally:
         run("destroy", "--yes", "--purge-models", check=False)
         shutil.rmtree(home, ignore_errors=True)
@@ -159,12 +163,18 @@ def main() -> None:
 def report(results: dict) -> None:
     targets = {"noop_bootstrap_ms": 300, "readiness_lag_ms": 20, "down_overhead_ms": 50, "detect_ms": 150,
                "supervisor_rss_mb": 40, "supervisor_idle_cpu_pct": 0.5, "up_n4_over_n1": 1.3, "down_n4_over_n1": 1.3}
+    floors = {"pull_throughput_vs_curl": 0.95}
     for key, value in results.items():
         if isinstance(value, dict):
             print(f"{key:32s} " + ", ".join(f"{k} {v:.1f}" for k, v in value.items()))
             continue
-        target = targets.get(key)
-        mark = "" if target is None else (f"  ok (target <= {target:g})" if value <= target else f"  OVER (target <= {target:g})")
+        target, floor = targets.get(key), floors.get(key)
+        if target is not None:
+            mark = f"  ok (target <= {target:g})" if value <= target else f"  OVER (target <= {target:g})"
+        elif floor is not None:
+            mark = f"  ok (target >= {floor:g})" if value >= floor else f"  UNDER (target >= {floor:g})"
+        else:
+            mark = ""
         print(f"{key:32s} {value:9.2f}{mark}")
     print(json.dumps(results), file=sys.stderr)
 

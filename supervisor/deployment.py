@@ -155,10 +155,15 @@ def check_legacy(doc: dict, source: str) -> None:
 
 def from_profile(profile: dict, source: str) -> DeploymentDecl:
     """The typed deployment of a schema-valid profile; BadInput names what does not fit together."""
+    from . import sources
     from .backends import get_backend
 
     dep = profile["deployment"]
     models = {name: ModelSpec.from_json(name, data) for name, data in profile["models"].items() if data is not None}
+    mirrors = sources.Mirrors.resolve(profile.get("mirrors"))
+    for model in models.values():
+        for uri in model.sources:
+            sources.check_uri(uri, bool(model.sha256), f"{source}: models.{model.name}.sources", mirrors)
     runtimes: dict[str, RuntimeDecl] = {}
     for name, data in (dep.get("runtimes") or {}).items():
         if data is None:

@@ -117,7 +117,8 @@ class Ledger:
             self.data["artifacts"][key] = value
 
     def drop_artifact(self, key: str) -> None:
-        self.data["artifacts"].pop(key, None)
+        with self._lock:
+            self.data["artifacts"].pop(key, None)
 
     # helper processes (pip, builds) of a running apply ------------------------------------------
     def add_helper(self, ident: dict) -> None:

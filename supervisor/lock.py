@@ -143,3 +143,26 @@ class HomeLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class FileLock:
+    """A lock around making one file (two fetches of the same model download it once). Blocks
+    until free; the lock file goes when released (a waiter on the old file sees the inode change)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    def __enter__(self) -> FileLock:
+        import time
+
+        private_dir(self.path.parent)
+        while (fd := _try_lock(self.path)) is None:
+            time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None

@@ -193,18 +193,23 @@ def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> 
         return gguf.GGUFInfo.from_json(data) if data else None
     if not allow_network:
         return None
-    from .sources.http import HfSource, auth_headers
-
     for uri in model.sources:
         scheme = sources.scheme_of(uri)
         if scheme not in ("http", "https", "hf") or not sources.get(uri).delivers_file(uri):
             continue
-        url = HfSource().url(uri) if scheme == "hf" else uri
+        url = sources.get(uri).url(uri)
+        headers = {}
+        if scheme == "hf":
+            from huggingface_hub.utils import build_hf_headers
+
+            from .sources import hf
+
+            headers = build_hf_headers(token=hf.token())  # requests drops it on a redirect to the CDN
         key = memo.digest("url", url)
         data = memo.lookup("gguf", key)
         if data is memo.MISSING:
             try:
-                data = gguf.read_url(url, headers=auth_headers(url), timeout=sources.REACH_TIMEOUT * 2).to_json()
+                data = gguf.read_url(url, headers=headers, timeout=sources.REACH_TIMEOUT * 2).to_json()
             except Exception:  # noqa: BLE001 - any failure just means "no header": the plan says so
                 continue
             memo.store("gguf", key, data)
@@ -227,6 +232,7 @@ def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profi
     for match in order:
         profile = profiles.apply_overrides(match.profile, overrides, overrides_source)
         decl = deployment.from_profile(profile, f"profile {profile['name']}")
+        sources.configure(sources.Mirrors.resolve(profile.get("mirrors")))
         try:
             selection = select(decl, facts, oracle, None if reselect else ledger.pinned_roles(profile["name"]))
         except PlanRefused as refusal:

@@ -121,8 +121,11 @@ class ModelStep(Step):
             return Status(True, f"{self.path(ctx)} (sha256 {record['sha256'][:12]}…, verified {record.get('source', '')})")
         if self.path(ctx).exists():
             return Status(False, f"{self.path(ctx)} changed since it was verified: will verify again")
-        first = (store.file_sources(self.model) or ["?"])[0]
-        return Status(False, f"will fetch {self.model.size_bytes / 1e6:.0f} MB from {first}")
+        from . import sources
+
+        first = (store.file_sources(self.model) or [None])[0]
+        where = sources.get(first).describe(first) if first else "no source"
+        return Status(False, f"will fetch {self.model.size_bytes / 1e6:.0f} MB from {where}")
 
     def apply(self, ctx: Context) -> str:
         ensure_dir(ctx.paths.models, ctx.ledger, self.id)

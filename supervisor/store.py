@@ -8,8 +8,6 @@ it without re-hashing. Which sources exist and how they deliver is sources/'s bu
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -46,7 +44,7 @@ def check_local_source(uri: str, model: ModelSpec) -> None:
             head = fh.read(16)
     except OSError as exc:
         raise sources.SourceFailed(f"{path}: {exc.strerror}") from None
-    if size != model.size_bytes:
+    if model.size_bytes and size != model.size_bytes:
         raise VerificationFailed(f"{model.name}: {path} is {size} bytes, the model declares size_bytes "
                                  f"{model.size_bytes}; not copied")
     if not model.sha256 and model_format(head) is None:
@@ -82,6 +80,8 @@ def preflight(model: ModelSpec, models_dir: Path) -> None:
 
 
 def _check_room(model: ModelSpec, models_dir: Path) -> None:
+    if not model.size_bytes:
+        return  # size unknown (a pull by hand): the fetcher stops cleanly if the disk fills
     probe = Path(models_dir)
     while not probe.exists():
         probe = probe.parent
@@ -92,48 +92,41 @@ def _check_room(model: ModelSpec, models_dir: Path) -> None:
 
 
 def fetch(model: ModelSpec, models_dir: Path, report, ledger=None) -> dict:
-    """Fetch `model` into the store from its first working source; return its fingerprint."""
+    """Fetch `model` into the store from its first working source; return its fingerprint.
+    Each source delivers through the fetcher: verified (size, GGUF magic and version, sha256)
+    before the file takes its name."""
+    from . import fetcher
+
     target = store_path(models_dir, model)
     private_dir(target.parent)
     _check_room(model, models_dir)
-    partial = target.with_name(target.name + ".partial")
+    expect = fetcher.Expect(size=model.size_bytes or None, sha256=model.sha256, gguf=model.is_gguf)
     failures = []
     for uri in file_sources(model):
         try:
             if sources.scheme_of(uri) == "file":
                 check_local_source(uri, model)
-            sources.get(uri).fetch(uri, partial, size_hint=model.size_bytes, label=model.name, report=report,
-                                   ledger=ledger)
-        except sources.SourceFailed as exc:
+            result = sources.get(uri).fetch(uri, target, expect, label=model.name, report=report, ledger=ledger)
+        except (sources.SourceFailed, fetcher.FetchFailed) as exc:
             failures.append(f"{uri}: {exc}")
             report.line(f"  {model.name}: source {uri} failed ({exc}); trying the next")
             continue
-        digest = verify(partial, model)
-        os.replace(partial, target)
-        return file_fingerprint(target) | {"sha256": digest, "source": uri}
+        return file_fingerprint(target) | {"sha256": result.sha256, "source": uri}
     raise FarmhandError(f"{model.name}: no source delivered: " + ("; ".join(failures) or "no file source listed"))
 
 
-def verify(partial: Path, model: ModelSpec) -> str:
-    """Check size, GGUF magic and sha256 of a fetched file; delete it if any is wrong."""
-    with open(partial, "rb") as fh:
-        head = fh.read(4)
-    if model.is_gguf and head != GGUF_MAGIC:
-        partial.unlink(missing_ok=True)
-        raise VerificationFailed(
-            f"{model.name}: not a GGUF file (first bytes {head!r}, expected {GGUF_MAGIC!r}); partial file removed")
-    digest = sha256_file(partial)
-    if model.sha256 and digest != model.sha256:
-        partial.unlink(missing_ok=True)
-        raise VerificationFailed(
-            f"{model.name}: sha256 mismatch: expected {model.sha256}, got {digest}; partial file {partial} removed")
-    os.chmod(partial, 0o600)
-    return digest
+def used_by(paths, model_file: Path) -> list[str]:
+    """The runtimes whose specs serve this file (from runtimes.json)."""
+    import json
+
+    try:
+        specs = json.loads(paths.runtimes.read_text())
+    except (OSError, ValueError):
+        return []
+    return [r["name"] for r in specs.get("runtimes", []) if str(model_file) in r.get("argv", [])]
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from .fetcher import sha256_file as digest
+
+    return digest(path)

@@ -8,10 +8,9 @@ so a new version installs beside the old one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from ..errors import BadInput, FarmhandError, VerificationFailed
+from ..errors import BadInput, FarmhandError
 from ..ledger import ensure_dir
 from ..paths import Paths
 from . import Installer, InstallSpec, staged
@@ -27,6 +26,12 @@ class ArchiveInstaller(Installer):
         missing = [k for k in ("url", "sha256", "binary") if not spec.get(k)]
         if missing:
             return f"{spec.backend}: install method `archive` needs {', '.join(missing)} in its install settings"
+        from ..sources import check_uri
+
+        try:
+            check_uri(spec.get("url"), True, f"{spec.backend}: install.url")
+        except BadInput as exc:
+            return str(exc)
         return None
 
     def binary(self, spec: InstallSpec, paths: Paths) -> Path:
@@ -34,9 +39,7 @@ class ArchiveInstaller(Installer):
 
     def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
         from .. import extract
-        from ..sources import SourceFailed
-        from ..sources.http import download
-        from ..store import sha256_file
+        from ..fetcher import Expect, FetchFailed, download, sha256_file
 
         problem = self.problem(spec, None)
         if problem:
@@ -46,26 +49,15 @@ class ArchiveInstaller(Installer):
         name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "archive"
         ensure_dir(paths.downloads, ledger, step)
         archive = paths.downloads / f"{expected[:16]}-{name}"
-        partial = archive.with_name(archive.name + ".partial")
+        ledger.add_resource("file", archive.with_name(archive.name + ".partial"), step)
+        ledger.add_resource("file", archive, step)
+        if archive.exists() and sha256_file(archive) != expected:
+            archive.unlink()  # damaged since it was kept: fetch it again
+        try:  # the digest is checked before a byte is unpacked
+            download(url, archive, Expect(sha256=expected), label=name, report=report)
+        except FetchFailed as exc:
+            raise FarmhandError(f"{spec.backend}: downloading {url} failed: {exc}") from None
         prefix = self.prefix(spec, paths)
-        ledger.add_resource("file", partial, step)
-        if not archive.exists():
-            try:
-                download(url, partial, size_hint=0, label=name, report=report)
-            except SourceFailed as exc:
-                raise FarmhandError(f"{spec.backend}: downloading {url} failed: {exc} (a re-run resumes)") from None
-            digest = sha256_file(partial)
-            if digest != expected:
-                partial.unlink(missing_ok=True)
-                raise VerificationFailed(f"{name}: sha256 mismatch: expected {expected}, got {digest}; "
-                                         f"partial file {partial} removed")
-            ledger.add_resource("file", archive, step)
-            os.replace(partial, archive)
-            ledger.forget_resource(partial)
-        elif sha256_file(archive) != expected:
-            archive.unlink()
-            raise VerificationFailed(f"{name}: the cached archive no longer matches sha256 {expected}; removed it, "
-                                     "re-run to download again")
         ensure_dir(prefix.parent, ledger, step)
         with staged(prefix, ledger, step) as staging:
             extract.extract(archive, staging)

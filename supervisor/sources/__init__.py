@@ -8,11 +8,68 @@ only a backend can deliver (ollama://, pulled through Ollama's own API) say so w
 
 from __future__ import annotations
 
+import ipaddress
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ..errors import BadInput, FarmhandError
 
 REACH_TIMEOUT = 1.5
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    """A base URL per source kind, for sites without the internet: `mirrors:` in the profile or
+    overrides, else FARMHAND_MIRROR_HF / FARMHAND_MIRROR_HTTPS. An hf mirror serves the Hugging
+    Face API (HF_ENDPOINT); an https mirror serves `<base>/<host>/<path>` for https://<host>/<path>."""
+
+    hf: str | None = None
+    https: str | None = None
+
+    @classmethod
+    def resolve(cls, declared: dict | None = None) -> Mirrors:
+        declared = declared or {}
+        return cls(hf=(declared.get("hf") or os.environ.get("FARMHAND_MIRROR_HF") or "").rstrip("/") or None,
+                   https=(declared.get("https") or os.environ.get("FARMHAND_MIRROR_HTTPS") or "").rstrip("/") or None)
+
+    def hosts(self) -> set[str]:
+        return {urlparse(u).hostname for u in (self.hf, self.https) if u}
+
+
+_mirrors = Mirrors.resolve()
+
+
+def configure(mirrors: Mirrors) -> None:
+    """The mirrors this command uses (set once, when the profile is known)."""
+    global _mirrors
+    _mirrors = mirrors
+
+
+def mirrors() -> Mirrors:
+    return _mirrors
+
+
+def is_loopback(host: str | None) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def via(url: str) -> str:
+    """How a request to `url` leaves this machine: the proxy from HTTPS_PROXY/HTTP_PROXY/NO_PROXY."""
+    import urllib.request
+
+    proxies = urllib.request.getproxies()
+    host = urlparse(url).hostname or ""
+    if urllib.request.proxy_bypass(host) or is_loopback(host):
+        return "direct"
+    proxy = proxies.get(urlparse(url).scheme)
+    return f"proxy {proxy}" if proxy else "direct"
 
 
 class SourceFailed(FarmhandError):
@@ -31,10 +88,14 @@ class Source:
     def reachable(self, uri: str, timeout: float = REACH_TIMEOUT) -> tuple[bool, str]:
         raise NotImplementedError
 
-    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report, ledger=None) -> None:
-        """Write the bytes of `uri` into `partial` (resuming what is there when it can). Helper
-        processes are recorded in `ledger` while they run."""
+    def fetch(self, uri: str, dest: Path, expect, *, label: str, report, ledger=None):
+        """Bring `uri` to `dest`, verified against `expect` (fetcher.Expect); a fetcher.Result.
+        Helper processes are recorded in `ledger` while they run."""
         raise SourceFailed(f"{self.scheme}:// sources are pulled by their backend, not into the store")
+
+    def describe(self, uri: str) -> str:
+        """Where a fetch of `uri` will really go (mirror, proxy), for `plan`."""
+        return uri
 
 
 def scheme_of(uri: str) -> str:
@@ -42,15 +103,28 @@ def scheme_of(uri: str) -> str:
 
 
 def get(uri: str) -> Source:
-    from . import file, http, ollama, pip
+    from . import file, hf, http, ollama, pip
 
     registry: dict[str, Source] = {s.scheme: s for s in (pip.PipSource(), http.HttpSource("https"),
-                                                         http.HttpSource("http"), http.HfSource(),
+                                                         http.HttpSource("http"), hf.HfSource(),
                                                          file.FileSource(), ollama.OllamaSource())}
     try:
         return registry[scheme_of(uri)]
     except KeyError:
         raise BadInput(f"{uri}: unknown source scheme; known: {', '.join(sorted(registry))}") from None
+
+
+def check_uri(uri: str, has_sha256: bool, where: str, mirrors_: Mirrors | None = None) -> None:
+    """What a profile may ask for: https and http downloads only with a sha256 to check them
+    against, and plain http only from this machine or a named mirror."""
+    scheme = scheme_of(uri)
+    if scheme in ("https", "http") and not has_sha256:
+        raise BadInput(f"{where}: {uri}: a download needs a sha256 to be verified against; add sha256")
+    if scheme == "http":
+        host = urlparse(uri).hostname
+        if not (is_loopback(host) or host in (mirrors_ or _mirrors).hosts()):
+            raise BadInput(f"{where}: {uri}: plain http only from this machine or a named mirror (mirrors:); "
+                           "use https")
 
 
 def short_reason(exc: Exception) -> str:

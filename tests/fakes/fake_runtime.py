@@ -23,6 +23,7 @@ parser.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM (
 parser.add_argument("--stop-delay", type=float, default=0.0, help="take this long to exit after SIGTERM")
 parser.add_argument("--fork-child", action="store_true", help="leave a background child in the session")
 parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+parser.add_argument("--model-file", help="a model file it claims to serve (not read)")
 args = parser.parse_args()
 
 if args.child:  # the background child: lives until signalled

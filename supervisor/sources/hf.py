@@ -1,0 +1,134 @@
+"""hf://ORG/REPO/FILE[@REVISION]: a file of a Hugging Face repo, through huggingface_hub.
+
+huggingface_hub resolves the file on the Hub (HF_ENDPOINT, or the hf mirror), authenticates
+with HF_TOKEN from the environment (never written anywhere; the token is not sent on to the CDN
+the Hub redirects to), honours HF_HUB_OFFLINE, and names what went wrong (a gated repo, a
+missing repo, file or revision). The Hub's metadata gives the file's size and, for large (LFS)
+files, its sha256, so a file is verified even when the profile pins no digest. The transfer
+itself is farmhand's fetcher (resume, one-pass hashing, stall detection, progress).
+hf://ORG/REPO (no file) is a whole repo: a backend (vLLM) reads it, farmhand's store does not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import REACH_TIMEOUT, Source, SourceFailed, mirrors, via
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class HfFile:
+    repo: str
+    file: str
+    revision: str
+
+
+def parse(uri: str) -> HfFile:
+    body, _, revision = uri[len("hf://"):].partition("@")
+    parts = body.strip("/").split("/")
+    return HfFile("/".join(parts[:2]), "/".join(parts[2:]), revision or "main")
+
+
+def endpoint() -> str:
+    return (mirrors().hf or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def token() -> str | bool:
+    """HF_TOKEN from the environment, or no token at all (False: not the Hub's cached login)."""
+    return os.environ.get("HF_TOKEN") or False
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+class HfSource(Source):
+    scheme = "hf"
+
+    def delivers_file(self, uri: str) -> bool:
+        return bool(parse(uri).file)
+
+    def url(self, uri: str) -> str:
+        f = parse(uri)
+        if not f.file:
+            return f"{endpoint()}/api/models/{f.repo}/revision/{f.revision}"
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(f.repo, f.file, revision=f.revision, endpoint=endpoint())
+
+    def describe(self, uri: str) -> str:
+        return f"{uri} via {endpoint()} ({via(endpoint())})"
+
+    def metadata(self, uri: str, timeout: float):
+        """The Hub's answer for this file (location, size, etag), or SourceFailed saying why not."""
+        if offline():
+            raise SourceFailed("offline (HF_HUB_OFFLINE is set)")
+        from huggingface_hub import errors, get_hf_file_metadata
+
+        f = parse(uri)
+        try:
+            return get_hf_file_metadata(self.url(uri), token=token(), timeout=timeout, endpoint=endpoint())
+        except errors.GatedRepoError:
+            raise SourceFailed(f"{f.repo} is a gated repo: accept its licence on {endpoint()}/{f.repo} and set "
+                               "HF_TOKEN to a token of that account") from None
+        except errors.RepositoryNotFoundError:
+            raise SourceFailed(f"no repo {f.repo} on {endpoint()} (or it is private: set HF_TOKEN)") from None
+        except errors.RevisionNotFoundError:
+            raise SourceFailed(f"{f.repo} has no revision {f.revision}") from None
+        except errors.EntryNotFoundError:
+            raise SourceFailed(f"{f.repo}@{f.revision} has no file {f.file}") from None
+        except errors.HfHubHTTPError as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", "?")
+            raise SourceFailed(f"HTTP {status} from {endpoint()}") from None
+        except Exception as exc:  # network errors, from httpx
+            raise SourceFailed(_reason(exc)) from None
+
+    def reachable(self, uri: str, timeout: float = REACH_TIMEOUT) -> tuple[bool, str]:
+        try:
+            if self.delivers_file(uri):
+                self.metadata(uri, timeout)
+            else:
+                from .http import head
+
+                if offline():
+                    return False, "hf: offline (HF_HUB_OFFLINE is set)"
+                return head(self.url(uri), timeout)
+        except SourceFailed as exc:
+            return False, f"hf: {exc}"
+        return True, "hf: reachable"
+
+    def fetch(self, uri: str, dest: Path, expect, *, label: str, report, ledger=None):
+        from dataclasses import replace
+
+        from .. import fetcher
+
+        meta = self.metadata(uri, timeout=REACH_TIMEOUT * 4)
+        hub_sha = meta.etag if meta.etag and SHA256.match(meta.etag) else None
+        if expect.sha256 and hub_sha and expect.sha256 != hub_sha:
+            raise SourceFailed(f"the Hub says {uri} has sha256 {hub_sha}, the profile pins {expect.sha256}: "
+                               "pin the revision the profile was written for")
+        want = replace(expect, sha256=expect.sha256 or hub_sha)
+        from huggingface_hub.utils import build_hf_headers
+
+        same_host = meta.location.startswith(endpoint())
+        headers = build_hf_headers(token=token()) if same_host else {}  # the token stays on the Hub
+        try:
+            return fetcher.download(meta.location, dest, want, label=label, report=report, headers=headers)
+        except fetcher.FetchFailed as exc:
+            raise SourceFailed(str(exc)) from None
+
+
+def _reason(exc: Exception) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    for marker, said in (("Name or service not known", "name does not resolve (offline?)"),
+                         ("nodename nor servname", "name does not resolve (offline?)"),
+                         ("Connection refused", "connection refused"), ("timed out", "timed out"),
+                         ("Timeout", "timed out")):
+        if marker in text:
+            return said
+    return type(exc).__name__
