@@ -101,15 +101,18 @@ def check(path: Path, expect: Expect, digest: str, label: str) -> None:
 
 def produce(dest: Path, expect: Expect, label: str, write, origin: str = "") -> Result:
     """Make `dest` through `write(partial) -> Result`, under a per-file lock; checked, owner-only,
-    renamed into place only when whole. When another process made it while we waited for the
-    lock, that file is checked and kept."""
+    renamed into place only when whole. A `dest` already there (another process made it while we
+    waited for the lock) is checked and kept; one that fails the check is made again."""
     from .lock import FileLock
 
     with FileLock(dest.with_name(f".farmhand-lock-{dest.name}")):
         if dest.exists():
             digest = sha256_file(dest)
-            check(dest, expect, digest, label)
-            return Result(digest, dest.stat().st_size, 0, dest.stat().st_size, 0, origin)
+            try:
+                check(dest, expect, digest, label)
+                return Result(digest, dest.stat().st_size, 0, dest.stat().st_size, 0, origin)
+            except VerificationFailed:
+                pass  # damaged since (check removed it): make it again
         partial = dest.with_name(dest.name + ".partial")
         result = write(partial)
         check(partial, expect, result.sha256, label)
