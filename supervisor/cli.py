@@ -513,9 +513,9 @@ def _store_rows(paths, ledger) -> list[dict]:
         if not key.startswith("model:"):
             continue
         path = Path(record["path"])
-        rows.append({"name": key[len("model:"):], "file": str(path), "size": record.get("size"),
-                     "sha256": record.get("sha256"), "source": record.get("source"), "present": path.exists(),
-                     "used_by": used_by(paths, path)})
+        rows.append({"name": key[len("model:"):], "kind": record.get("kind", "file"), "file": str(path),
+                     "size": record.get("size"), "sha256": record.get("sha256"), "source": record.get("source"),
+                     "present": path.exists(), "used_by": used_by(paths, path)})
     return rows
 
 
@@ -557,8 +557,12 @@ def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
     from .ledger import Ledger, ensure_dir, file_fingerprint
     from .progress import Reporter
 
+    paths = _paths(ctx)
+    sources.configure(sources.Mirrors.resolve(), hf_home=paths.hf_home)
     scheme = sources.scheme_of(source)
     src = sources.get(source)
+    if not src.delivers_file(source) and scheme == "hf":
+        return _pull_repo(paths, source, name, as_json, no_wait)
     if not src.delivers_file(source):
         raise FarmhandError(f"{source}: {scheme}:// models are pulled by their backend, not into farmhand's store", 2)
     if sha is not None and not re_sha256(sha):
@@ -571,7 +575,6 @@ def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
     name = name or filename.rsplit(".", 1)[0]
     if not NAME.match(name.lower()) or "/" in filename or filename.startswith("."):
         raise FarmhandError(f"--name {name!r} / --file {filename!r}: letters, digits, . _ - only", 2)
-    paths = _paths(ctx)
     _home_lock(paths, "models pull", no_wait)
     ledger = Ledger(paths)
     model = ModelSpec(name=name, size_bytes=0, sources=(source,), file=filename, sha256=sha)
@@ -593,6 +596,40 @@ def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
               "source": source, "seconds": round(time.monotonic() - t0, 2)}
     _emit(result, as_json, lambda d: click.echo(
         f"pulled {d['name']}: {d['file']} ({_size(d['size'])}, sha256 {d['sha256']}) in {d['seconds']:.1f}s"))
+
+
+def _pull_repo(paths, source: str, name: str | None, as_json: bool, no_wait: bool) -> None:
+    """hf://ORG/REPO[@REV]: the whole repo into the store's Hugging Face cache (vLLM's HF_HOME)."""
+    import time
+
+    from .ledger import Ledger, ensure_dir
+    from .progress import Reporter
+    from .sources import hf
+
+    repo = hf.parse(source)
+    name = name or repo.repo.split("/")[-1].lower()
+    _home_lock(paths, "models pull", no_wait)
+    ledger = Ledger(paths)
+    report = Reporter(json_lines=as_json)
+    t0 = time.monotonic()
+    ensure_dir(paths.hf_home, ledger, f"model:{name}")
+    repo_dir = paths.hf_home / "hub" / ("models--" + repo.repo.replace("/", "--"))
+    ledger.add_resource("model", repo_dir, f"model:{name}")
+    try:
+        repo_dir = hf.fetch_repo(source, paths.hf_home, report)
+    finally:
+        report.close()
+    revision = (repo_dir / "refs" / repo.revision).read_text().strip() if (repo_dir / "refs" / repo.revision).exists() \
+        else repo.revision
+    size = sum(p.stat().st_size for p in (repo_dir / "blobs").glob("*"))
+    ledger.set_artifact(f"model:{name}", {"path": str(repo_dir), "kind": "repo", "size": size, "sha256": None,
+                                          "revision": revision, "source": source})
+    ledger.save()
+    result = {"name": name, "file": str(repo_dir), "size": size, "revision": revision, "source": source,
+              "seconds": round(time.monotonic() - t0, 2)}
+    _emit(result, as_json, lambda d: click.echo(
+        f"pulled {d['name']}: {source} at {d['revision'][:12]} into {d['file']} ({_size(d['size'])}) in "
+        f"{d['seconds']:.1f}s"))
 
 
 def re_sha256(text: str) -> bool:
@@ -654,6 +691,14 @@ def models_verify(ctx, name, as_json):
             raise FarmhandError(f"no model {name!r} in the store; known: {known}", 2)
     results = []
     for r in rows:
+        if r["kind"] == "repo":  # each blob is named by its digest: check them all
+            from .sources.hf import verify_repo
+
+            damaged = verify_repo(Path(r["file"])) if r["present"] else ["(missing)"]
+            results.append({"name": r["name"], "file": r["file"], "recorded": "every blob's own digest",
+                            "actual": "all match" if not damaged else f"{len(damaged)} blob(s) differ: "
+                            + ", ".join(b[:12] for b in damaged), "ok": not damaged})
+            continue
         actual = sha256_file(Path(r["file"])) if r["present"] else None
         ok = actual == r["sha256"]
         results.append({"name": r["name"], "file": r["file"], "recorded": r["sha256"], "actual": actual, "ok": ok})

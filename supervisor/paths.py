@@ -39,6 +39,11 @@ class Paths:
         return self.state / "ledger.json"
 
     @property
+    def hf_home(self) -> Path:
+        """Hugging Face's cache (HF_HOME) for farmhand and the runtimes it starts (vLLM)."""
+        return self.models / "huggingface"
+
+    @property
     def store_index(self) -> Path:
         """What `destroy` keeps of the ledger when it keeps the models (see ledger.py)."""
         return self.models / "store.json"

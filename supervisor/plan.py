@@ -232,7 +232,7 @@ def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profi
     for match in order:
         profile = profiles.apply_overrides(match.profile, overrides, overrides_source)
         decl = deployment.from_profile(profile, f"profile {profile['name']}")
-        sources.configure(sources.Mirrors.resolve(profile.get("mirrors")))
+        sources.configure(sources.Mirrors.resolve(profile.get("mirrors")), hf_home=paths.hf_home)
         try:
             selection = select(decl, facts, oracle, None if reselect else ledger.pinned_roles(profile["name"]))
         except PlanRefused as refusal:

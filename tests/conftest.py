@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# huggingface_hub reads these at import: whatever a test does, it never writes to ~/.cache.
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="farmhand-tests-hf-"))
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 FAKE = REPO / "tests" / "fakes" / "fake_runtime.py"
 FIXTURES = REPO / "tests" / "fixtures"
 # Built llama-server wheels live inside the checkout (ignored by git): a fresh clone always

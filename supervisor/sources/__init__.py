@@ -41,10 +41,16 @@ class Mirrors:
 _mirrors = Mirrors.resolve()
 
 
-def configure(mirrors: Mirrors) -> None:
-    """The mirrors this command uses (set once, when the profile is known)."""
+def configure(mirrors: Mirrors, hf_home: Path | None = None) -> None:
+    """The mirrors this command uses (set once, when the profile is known), and where
+    huggingface_hub keeps its own files: farmhand's store (the HF_HOME its runtimes read), never
+    the user's home. huggingface_hub reads these at import, so this runs before any hf:// use."""
     global _mirrors
     _mirrors = mirrors
+    if hf_home is not None:
+        os.environ["HF_HOME"] = str(hf_home)
+        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # farmhand shows its own
 
 
 def mirrors() -> Mirrors:

@@ -132,3 +132,51 @@ def _reason(exc: Exception) -> str:
         if marker in text:
             return said
     return type(exc).__name__
+
+
+def fetch_repo(uri: str, hf_home: Path, report) -> Path:
+    """A whole repo (what vLLM serves) into `hf_home`'s Hub cache, where a backend with HF_HOME
+    there finds it offline. huggingface_hub downloads it (its cache layout, its verification of
+    each file against the Hub's digest); returns the repo's cache directory."""
+    if offline():
+        raise SourceFailed("offline (HF_HUB_OFFLINE is set)")
+    from huggingface_hub import errors, snapshot_download
+
+    f = parse(uri)
+    report.line(f"  {f.repo}@{f.revision}: downloading the repo into {hf_home / 'hub'}")
+    try:
+        snapshot_download(f.repo, revision=f.revision, cache_dir=hf_home / "hub", token=token(), endpoint=endpoint())
+    except Exception as exc:  # snapshot_download wraps the Hub's answer: name the root cause
+        cause = exc
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            if isinstance(cause, (errors.GatedRepoError, errors.RepositoryNotFoundError,
+                                  errors.RevisionNotFoundError)):
+                break
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, errors.GatedRepoError) or "gated" in str(exc).lower():
+            raise SourceFailed(f"{f.repo} is a gated repo: accept its licence on {endpoint()}/{f.repo} and set "
+                               "HF_TOKEN to a token of that account") from None
+        if isinstance(cause, errors.RevisionNotFoundError):
+            raise SourceFailed(f"{f.repo} has no revision {f.revision}") from None
+        if isinstance(cause, errors.RepositoryNotFoundError):
+            raise SourceFailed(f"no repo {f.repo} on {endpoint()} (or it is private: set HF_TOKEN)") from None
+        raise SourceFailed(f"{f.repo}: {_reason(exc)}") from None
+    return hf_home / "hub" / ("models--" + f.repo.replace("/", "--"))
+
+
+def verify_repo(repo_dir: Path) -> list[str]:
+    """Files of a cached repo whose content no longer matches the digest their blob is named by
+    (sha256 for large files, the git blob sha1 for small ones); empty when all match."""
+    import hashlib
+
+    bad = []
+    for blob in sorted((repo_dir / "blobs").glob("*")):
+        data_hash = hashlib.sha256()
+        git = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
+        with open(blob, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                data_hash.update(block)
+                git.update(block)
+        if blob.name not in (data_hash.hexdigest(), git.hexdigest()):
+            bad.append(blob.name)
+    return bad

@@ -12,6 +12,7 @@ X-Linked-Etag / X-Linked-Size, and X-Error-Code for gated repos, missing repos a
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -35,6 +36,7 @@ class Behaviour:
 class HubRepo:
     files: dict[str, bytes]
     gated_token: str | None = None  # a token that may read it; None: public
+    commit: str = "c" * 40  # what every revision resolves to
 
 
 class FaultServer:
@@ -85,6 +87,9 @@ class FaultServer:
         m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
         if m and path not in self.paths:
             return self._resolve(h, m.group(1), m.group(2), m.group(3))
+        m = re.match(r"^/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)/?$", path)
+        if m:
+            return self._api(h, m.group(1), m.group(2))
         b = self.paths.get(path)
         if b is None:
             return self._status(h, 404)
@@ -149,17 +154,42 @@ class FaultServer:
         h.send_header("Content-Length", "0")
         h.end_headers()
 
-    def _resolve(self, h, repo: str, revision: str, file: str) -> None:
-        """The Hub's /resolve/: errors with X-Error-Code, or a 302 to the CDN with the file's metadata."""
+    def _denied(self, h, repo: str) -> bool:
         r = self.repos.get(repo)
         if r is None:
-            return self._status(h, 401, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
-        if r.gated_token is not None:
-            auth = h.headers.get("Authorization")
-            if auth != f"Bearer {r.gated_token}":
-                code = 401 if auth is None else 403
-                return self._status(h, code, {"X-Error-Code": "GatedRepo",
-                                              "X-Error-Message": "Access to model is restricted"})
+            self._status(h, 401, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+            return True
+        auth = h.headers.get("Authorization")
+        if r.gated_token is not None and auth != f"Bearer {r.gated_token}":
+            self._status(h, 401 if auth is None else 403, {"X-Error-Code": "GatedRepo",
+                                                           "X-Error-Message": "Access to model is restricted"})
+            return True
+        return False
+
+    def _api(self, h, repo: str, kind: str) -> None:
+        """The Hub API's repo info (the commit a revision is at) and tree listing (with each large
+        file's LFS sha256), which huggingface_hub's snapshot_download reads."""
+        if self._denied(h, repo):
+            return
+        files = self.repos[repo].files
+        if kind == "revision":
+            body = {"id": repo, "sha": self.repos[repo].commit, "siblings": [{"rfilename": f} for f in files]}
+        else:
+            body = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest(),
+                     "lfs": {"oid": hashlib.sha256(d).hexdigest(), "size": len(d), "pointerSize": 130}}
+                    for f, d in files.items()]
+        data = json.dumps(body).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _resolve(self, h, repo: str, revision: str, file: str) -> None:
+        """The Hub's /resolve/: errors with X-Error-Code, or a 302 to the CDN with the file's metadata."""
+        if self._denied(h, repo):
+            return
+        r = self.repos[repo]
         if file not in r.files:
             return self._status(h, 404, {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found"})
         data = r.files[file]
@@ -169,7 +199,7 @@ class FaultServer:
         # "localhost" is another host than the endpoint's 127.0.0.1: like the Hub's CDN, so the
         # client takes the metadata from this response and must not send its token there.
         self._status(h, 302, {"Location": self.url(cdn, host="localhost"), "X-Linked-Etag": f'"{digest}"',
-                              "X-Linked-Size": str(len(data)), "X-Repo-Commit": "0" * 40, "ETag": '"gitsha"'})
+                              "X-Linked-Size": str(len(data)), "X-Repo-Commit": r.commit, "ETag": '"gitsha"'})
 
     def __enter__(self) -> FaultServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
