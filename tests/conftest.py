@@ -4,8 +4,10 @@ process of its farmhand home behind."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +20,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # huggingface_hub reads these at import: whatever a test does, it never writes to ~/.cache.
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="farmhand-tests-hf-"))
+if "HF_HOME" not in os.environ:
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="farmhand-tests-hf-")
+    atexit.register(shutil.rmtree, os.environ["HF_HOME"], True)
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 FAKE = REPO / "tests" / "fakes" / "fake_runtime.py"
 FIXTURES = REPO / "tests" / "fixtures"
