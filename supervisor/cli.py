@@ -310,8 +310,13 @@ def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles
 @_plan_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask (implied when stdin is not a terminal).")
 @NO_WAIT
+@click.option("--facts", "facts_file", type=click.Path(dir_okay=False),
+              help="Decide as for the host of a saved `detect --json` snapshot (prepare an image for it).")
+@click.option("--replay", type=click.Path(exists=True, file_okay=False),
+              help="Decide as for a recorded host (`detect --record`); everything runs here.")
 @click.pass_context
-def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, yes, no_wait):
+def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, yes, no_wait, facts_file,
+          replay):
     """Converge this host to the plan: install, fetch, configure, start. Idempotent."""
     import time
 
@@ -322,7 +327,7 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     t0 = time.monotonic()
     project = _project_dir(project_dir)
     _home_lock(_paths(ctx), "apply", no_wait)
-    facts = gather_facts(_paths(ctx))
+    facts = gather_facts(_paths(ctx), replay=replay, facts_file=facts_file)
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
                                       facts=facts, project_dir=project, profiles_dir=profiles_dir)
     report = Reporter(json_lines=as_json)
@@ -365,9 +370,10 @@ def _apply_summary(built, ledger, results: list[dict], project: Path, seconds: f
         "model": default.get("model_id") or default["model"],
         "url": default.get("url"),
         "roles": plan_json["roles"],
-        "runtimes": [{"name": rt["name"], "backend": rt["backend"], "version": versions.get(rt["install_key"]),
-                      "port": rt["port"], "url": rt["url"], "devices": rt["devices"],
-                      "models": [m["name"] for m in rt["models"]], "argv0": rt["argv"][0]}
+        "runtimes": [{"name": rt["name"], "backend": rt["backend"],
+                      "version": versions.get(rt["install_key"]) or (rt["external"] or {}).get("version"),
+                      "port": rt["port"], "url": rt["url"], "devices": rt["devices"], "managed": rt["managed"],
+                      "models": [m["name"] for m in rt["models"]], "argv0": rt["argv"][0] if rt["argv"] else None}
                      for rt in plan_json["runtimes"]],
         "config": str(project / "llamafarm.yaml"),
         "command": built.launcher.command(),

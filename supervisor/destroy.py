@@ -1,6 +1,7 @@
 """`farmhand destroy`: stop everything, then remove exactly what the ledger says farmhand made.
 
-Models stay unless --purge-models (they are expensive to fetch again). llamafarm.yaml is
+Models stay unless --purge-models (they are expensive to fetch again). A server farmhand used but
+did not start (a system Ollama) is left running, with what farmhand pulled into it. llamafarm.yaml is
 deleted only if farmhand created it and nobody changed it since; otherwise farmhand's runtime
 entries are taken out and the user's file stays.
 """
@@ -27,6 +28,13 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     ledger.reap_helpers()
     sweep_temporaries(paths, list(ledger.projects()))
     removed, kept = [], []
+    for name, record in (ledger.data.get("runtimes") or {}).items():
+        if record.get("external"):
+            models = [a["name"] for k, a in ledger.data["artifacts"].items()
+                      if k.split(":", 1)[0] in ("pull", "import") and k.split(":", 1)[1].startswith(f"{name}/")]
+            kept.append(f"the server at {record['external']} that runtime {name} used (not farmhand's; left running)"
+                        + (f" and the models farmhand put into it: {', '.join(models)} (remove one with "
+                           f"`ollama rm NAME`)" if models else ""))
     for project, record in ledger.projects().items():
         path = Path(project)
         if not path.exists():

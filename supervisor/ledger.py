@@ -159,6 +159,13 @@ class Ledger:
     def projects(self) -> dict[str, dict]:
         return dict(self.data.get("projects") or {})
 
+    def runtime_record(self, name: str) -> dict | None:
+        """How the last apply ran runtime `name`: {"managed": True} or {"external": URL}."""
+        return (self.data.get("runtimes") or {}).get(name)
+
+    def set_runtime_records(self, records: dict[str, dict]) -> None:
+        self.data["runtimes"] = dict(records)
+
     def ports(self) -> dict[str, int]:
         return dict(self.data.get("ports") or {})
 

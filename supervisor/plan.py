@@ -18,7 +18,9 @@ from pathlib import Path
 
 from . import deployment, gguf, installers, memo, ports, profiles, sources, steps, store
 from .backends import Backend, get_backend
+from .backends.base import RunningServer
 from .deployment import DeploymentDecl, ModelSpec
+from .errors import FarmhandError
 from .ledger import Ledger
 from .paths import Paths
 from .policy import RestartPolicy
@@ -57,15 +59,17 @@ class Plan:
             "dropped_roles": sel.dropped,
             "skipped": sel.skipped,
             "runtimes": [{
-                "name": rt.name, "backend": rt.backend.name, "variant": rt.decl.variant,
+                "name": rt.name, "backend": rt.backend.name, "variant": rt.decl.variant, "managed": rt.managed,
+                "external": {"url": rt.external.url, "version": rt.external.version} if rt.external else None,
                 "install": rt.install.method, "install_key": rt.install.key, "port": rt.port,
                 "url": rt.url, "devices": [d.id for d in rt.devices],
                 "split": rt.placement.split if rt.placement else None,
                 "models": [{"name": m.model.name, "roles": m.roles, "ctx_size": m.ctx_size, "source": m.source,
                             "memory_bytes": m.estimate.total, "memory": m.estimate.text(),
                             "basis": m.estimate.basis} for m in rt.models],
-                "argv": list(by_name[rt.name].argv), "env": dict(by_name[rt.name].env),
-                "notes": self.renderer.notes.get(rt.name, []),
+                "argv": list(by_name[rt.name].argv) if rt.managed else [],
+                "env": dict(by_name[rt.name].env) if rt.managed else {},
+                "notes": _external_notes(rt) + self.renderer.notes.get(rt.name, []),
             } for rt in sel.runtimes.values()],
             "unused_runtimes": sel.unused_runtimes,
             "memory": sel.pool.summary(),
@@ -77,6 +81,14 @@ class Plan:
                              "detail": st.detail} for s, st in statuses]
             out["changes"] = sum(1 for _, st in statuses if not st.up_to_date)
         return out
+
+
+def _external_notes(rt) -> list[str]:
+    if not rt.external:
+        return []
+    host = rt.external.url.split("://", 1)[-1]
+    return [f"using the {rt.backend.name} already running at {host} (version {rt.external.version}); farmhand "
+            "pulls models through its API and never starts, stops, changes or removes it"]
 
 
 def _role_json(b, sel: Selection, port_map: dict[str, int]) -> dict:
@@ -108,6 +120,8 @@ class SpecRenderer:
             for served in rt.models:
                 if served.info is None:
                     served.info = self.header(served.model)
+            if not rt.managed:
+                continue
             binary = installers.get(rt.install.method).binary(rt.install, self.paths)
             launch = rt.backend.launch(rt, str(binary), self.paths)
             self.notes[rt.name] = list(launch.notes)
@@ -122,8 +136,10 @@ class SpecRenderer:
                 liveness_timeout_s=float(self.settings.get("liveness_timeout_s", 2.0)),
                 liveness_misses=int(self.settings.get("liveness_misses", 3)), models=tuple(rt.backend.model_id(m) for m in rt.models),
                 devices=tuple(d.id for d in rt.devices),
+                # Files the process reads at start: a restart is due when one changes. A backend
+                # with its own store reads its models from there, through its API.
                 identity=_identity([binary] + [store.store_path(self.paths.models, m.model) for m in rt.models
-                                               if m.via_store])))
+                                               if m.via_store and not rt.backend.own_store])))
         return SupervisorSpec(tuple(out), "127.0.0.1", self.supervisor_port)
 
     def text(self) -> str:
@@ -144,14 +160,29 @@ def _identity(files: list[Path]) -> str:
     return memo.digest(prints)[:16]
 
 
-def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True) -> Oracle:
-    """The world as a live plan sees it: the store, the sources, the installers."""
+def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True, live: bool = True,
+                reselect: bool = False) -> Oracle:
+    """The world as a live plan sees it: the store, the sources, the installers, the servers
+    already running here."""
+    held: dict[str, dict[str, str]] = {}
 
-    def available(model: ModelSpec, backend: Backend) -> tuple[bool, str, str]:
+    def in_server(backend: Backend, server: RunningServer) -> dict[str, str]:
+        if server.url not in held:
+            try:
+                held[server.url] = backend.model_store(server.url).present()
+            except FarmhandError:
+                held[server.url] = {}
+        return held[server.url]
+
+    def available(model: ModelSpec, backend: Backend, server: RunningServer | None = None) -> tuple[bool, str, str]:
         usable = backend.usable_sources(model)
         file_based = [u for u in usable if sources.get(u).delivers_file(u)]
         if file_based and store.in_store(paths.models, model, ledger.artifact(f"model:{model.name}")):
             return True, "in store", "store"
+        if server is not None:  # a running server may hold it already: no registry needed
+            for uri in usable:
+                if uri not in file_based and backend.store_name(model, uri) in in_server(backend, server):
+                    return True, f"already in the {backend.name} at {server.url}", uri
         reasons = []
         for uri in usable:
             ok, why = sources.get(uri).reachable(uri) if check_sources else (True, "not checked")
@@ -165,9 +196,28 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
         return installers.get(spec.method).problem(spec, facts.get("tools")) or (
             backend.pull_problem() if backend.own_store else None)
 
+    def running(backend: Backend, decl: deployment.RuntimeDecl) -> RunningServer | str | None:
+        pinned = None if reselect else ledger.runtime_record(decl.name)
+        if pinned and pinned.get("external"):
+            url = pinned["external"]
+            version = backend.running_version(url)
+            if version:
+                return RunningServer(url, int(url.rsplit(":", 1)[-1]), version)
+            return (f"the {backend.name} at {url} that farmhand used (it did not start it) does not answer: start "
+                    f"it again (systemctl start {backend.name}), or re-run with --reselect to let farmhand install "
+                    f"its own")
+        if pinned or not live:  # farmhand ran its own last time: keep doing so
+            return None
+        port = backend.default_port
+        if ports.is_free(port) or ports.PortCheck(paths).holder_is_ours(port):
+            return None
+        url = f"http://127.0.0.1:{port}"
+        version = backend.running_version(url)
+        return RunningServer(url, port, version) if version else None
+
     return Oracle(available=available,
                   header=lambda model: model_header(paths, model, allow_network=check_sources),
-                  install_problem=install_problem)
+                  install_problem=install_problem, running=running)
 
 
 def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> gguf.GGUFInfo | None:
@@ -191,6 +241,14 @@ def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> 
 
         data = memo.remember("gguf", key, parse)
         return gguf.GGUFInfo.from_json(data) if data else None
+    for uri in model.sources:  # a local file source: its own header, as cheap as the store's
+        if sources.scheme_of(uri) == "file":
+            local = Path(uri[len("file://"):])
+            try:
+                return gguf.GGUFInfo.from_json(memo.remember("gguf", memo.digest("file", str(local),
+                                               *_stat_key(local)), lambda f=local: gguf.read_file(f).to_json()))
+            except (gguf.GGUFError, OSError):
+                continue
     if not allow_network:
         return None
     for uri in model.sources:
@@ -217,6 +275,11 @@ def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> 
     return None
 
 
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profile_name: str | None = None,
           overrides: dict | None = None, overrides_source: str = "overrides", port_args: dict | None = None,
           reselect: bool = False, profiles_dir: Path = profiles.PROFILES_DIR, live: bool = True,
@@ -226,7 +289,7 @@ def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profi
     pinned_profile = (ledger.data.get("selection") or {}).get("profile")
     if not reselect and not profile_name:  # the last apply's profile first: stable, and no network
         order.sort(key=lambda m: m.profile["name"] != pinned_profile)
-    oracle = oracle or make_oracle(paths, ledger, facts)
+    oracle = oracle or make_oracle(paths, ledger, facts, live=live, reselect=reselect)
     fallbacks: list[str] = []
     first_refusal: PlanRefused | None = None
     for match in order:
@@ -255,6 +318,8 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
     requests, port_sources = _port_requests(decl, selection, port_args, sup)
     assigned = ports.assign(requests, ledger.ports(), ports.PortCheck(paths) if live else (lambda port: True))
     for rt in selection.runtimes.values():
+        if rt.external:
+            assigned[rt.name] = rt.external.port
         rt.port = assigned[rt.name]
         if rt.decl.exposed:
             selection.warnings.append(
@@ -283,6 +348,9 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
             if served.via_store:
                 model_steps.setdefault(served.model.name, steps.ModelStep(served.model))
     plan_steps += model_steps.values()
+    stores = [steps.DirStep(f"store:{rt.name}", rt.backend.store_dir(paths)) for rt in selection.runtimes.values()
+              if rt.backend.own_store and rt.managed]
+    plan_steps += stores
     before_specs = tuple(s.id for s in plan_steps)
     plan_steps.append(steps.FileStep("spec:runtimes.json", lambda p: p.runtimes, renderer.text, 0o600, before_specs))
     plan_steps.append(steps.FileStep("state:deployment.json", lambda p: p.deployment,
@@ -291,7 +359,26 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
                                        after=("spec:runtimes.json",)))
     plan_steps.append(steps.RuntimeStep(renderer.render, port_sources,
                                         after=("spec:runtimes.json", "config:llamafarm.yaml")))
+    plan_steps += _store_steps(selection)
+    plan_steps.append(steps.PruneStep({s.id for s in installs.values()}, after=("runtime:up",)))
     return Plan(profile, match, matches, fallbacks, decl, selection, assigned, renderer, entries, launcher, plan_steps)
+
+
+def _store_steps(selection: Selection) -> list[steps.Step]:
+    """For backends with their own store: each model pulled or imported once the runtime answers,
+    and the default model of a runtime farmhand runs loaded, so the first request does not wait."""
+    out: list[steps.Step] = []
+    default = selection.binding(selection.default_role)
+    for rt in selection.runtimes.values():
+        if not rt.backend.own_store:
+            continue
+        for served in rt.models:
+            is_default = rt.name == default.runtime and served.model.name == default.model
+            step = steps.StoreModelStep(rt, served, warm=is_default and not rt.managed)
+            out.append(step)
+            if is_default and rt.managed:
+                out.append(steps.LoadStep(rt, rt.backend.model_id(served), after=(step.id,)))
+    return out
 
 
 def _port_requests(decl: DeploymentDecl, selection: Selection, port_args: dict, sup: dict):
@@ -306,6 +393,8 @@ def _port_requests(decl: DeploymentDecl, selection: Selection, port_args: dict, 
     if None in port_args and default_runtime is None:
         raise deployment.BadInput("--port PORT: the default role is a remote model; name a runtime (--port NAME=PORT)")
     for rt in selection.runtimes.values():
+        if rt.external:  # its port is the one it already listens on
+            continue
         explicit, source = rt.decl.port, f"deployment.runtimes.{rt.name}.port"
         if rt.name in port_args:
             explicit, source = port_args[rt.name], f"--port {rt.name}="
@@ -407,6 +496,8 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
                 raise error
             ctx.ledger.save()
     ctx.ledger.pin_roles(plan.profile["name"], plan.selection.pins())
+    ctx.ledger.set_runtime_records({rt.name: {"external": rt.external.url} if rt.external else {"managed": True}
+                                    for rt in plan.selection.runtimes.values()})
     ctx.ledger.set_ports(plan.ports)
     ctx.ledger.save()
     return results

@@ -24,6 +24,7 @@ from typing import Callable
 
 from . import sources
 from .backends import Backend, get_backend
+from .backends.base import RunningServer
 from .deployment import Candidate, DeploymentDecl, ModelSpec, RemoteDecl, RoleDecl, RuntimeDecl
 from .errors import Unsupported
 from .gguf import GGUFInfo
@@ -37,13 +38,17 @@ class PlanRefused(Unsupported):
 
 @dataclass
 class Oracle:
-    """What selection asks of the world. `available(model, backend)` -> (ok, why, source);
-    `header(model)` -> GGUFInfo or None; `install_problem(spec)` -> why this install (and, for a
-    backend with its own store, filling that store) cannot happen here, or None."""
+    """What selection asks of the world. `available(model, backend, server)` -> (ok, why, source),
+    where `server` is a running server of the runtime whose own store may already hold the
+    model; `header(model)` -> GGUFInfo or None; `install_problem(spec)` -> why this install
+    cannot happen here, or None; `running(backend, decl)` -> a server of that backend already
+    running here that farmhand did not start (RunningServer), why one farmhand used before is
+    gone (str), or None."""
 
-    available: Callable[[ModelSpec, Backend], tuple[bool, str, str]]
+    available: Callable[[ModelSpec, Backend, RunningServer | None], tuple[bool, str, str]]
     header: Callable[[ModelSpec], GGUFInfo | None]
     install_problem: Callable[[InstallSpec], str | None]
+    running: Callable[[Backend, RuntimeDecl], RunningServer | str | None] = lambda backend, decl: None
 
 
 @dataclass
@@ -57,9 +62,13 @@ class ServedModel:
     pinned_source: str = ""  # with "kept": the source the last apply used
 
     @property
+    def effective_source(self) -> str:
+        return self.pinned_source if self.source == "kept" else self.source
+
+    @property
     def via_store(self) -> bool:
         """Delivered as a file into farmhand's store (else the backend pulls it itself)."""
-        src = self.pinned_source if self.source == "kept" else self.source
+        src = self.effective_source
         return src == "store" or ("://" in src and sources.get(src).delivers_file(src))
 
 
@@ -72,6 +81,12 @@ class RuntimePlan:
     placement: Placement | None = None
     models: list[ServedModel] = field(default_factory=list)
     port: int = 0
+    external: RunningServer | None = None  # a server farmhand uses but did not start
+
+    @property
+    def managed(self) -> bool:
+        """farmhand starts and stops this runtime (else it only talks to it)."""
+        return self.external is None
 
     @property
     def name(self) -> str:
@@ -134,6 +149,7 @@ class Selection:
 
 
 def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, dict] | None = None) -> Selection:
+    """The runtimes, models and placements that serve `decl`'s roles on the host `facts` describes."""
     pool = DevicePool(devices_from_facts(facts, decl.memory))
     plans: dict[str, RuntimePlan] = {}
     bindings: dict[str, RoleBinding] = {}
@@ -156,7 +172,7 @@ def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, 
                     warnings.append(f"role {role.name}: {remote.api_key_env} is not set; LlamaFarm cannot call "
                                     f"{remote.model} at {remote.base_url or remote.provider} until it is")
                 break
-            why = _try_local(decl, role, cand, plans, pool, oracle,
+            why = _try_local(decl, facts, role, cand, plans, pool, oracle,
                              kept=(pinned.get(role.name) or {}).get("source") if index == -1 else None)
             if why is None:
                 bindings[role.name] = RoleBinding(role.name, cand.runtime, cand.model, None, role.llamafarm,
@@ -197,7 +213,7 @@ def _note(index: int, count: int) -> str:
     return f"candidate {index + 1} of {count}"
 
 
-def _try_local(decl: DeploymentDecl, role: RoleDecl, cand: Candidate, plans: dict[str, RuntimePlan],
+def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidate, plans: dict[str, RuntimePlan],
                pool: DevicePool, oracle: Oracle, kept: str | None) -> str | None:
     """Serve `role` with `cand` (committing memory and the runtime), or say why not."""
     rt_decl = decl.runtimes[cand.runtime]
@@ -209,11 +225,18 @@ def _try_local(decl: DeploymentDecl, role: RoleDecl, cand: Candidate, plans: dic
         return problem
     plan = plans.get(rt_decl.name)
     if plan is None:
-        install = backend.install_spec(rt_decl)
-        problem = oracle.install_problem(install)
-        if problem:
-            return f"cannot be installed here: {problem}"
-        plan = RuntimePlan(rt_decl, backend, install, pool)
+        running = oracle.running(backend, rt_decl) if backend.adopts_running and rt_decl.install["method"] == "auto" \
+            else None
+        if isinstance(running, str):
+            return running
+        if running is not None:
+            install = InstallSpec.make(backend.name, "external", rt_decl.variant, {"url": running.url})
+        else:
+            install = backend.install_spec(rt_decl, facts)
+            problem = oracle.install_problem(install)
+            if problem:
+                return f"cannot be installed here: {problem}"
+        plan = RuntimePlan(rt_decl, backend, install, pool, external=running)
     existing = next((m for m in plan.models if m.model.name == model.name), None)
     if existing is None and backend.models_per_process and len(plan.models) >= backend.models_per_process:
         served = ", ".join(m.model.name for m in plan.models)
@@ -222,7 +245,7 @@ def _try_local(decl: DeploymentDecl, role: RoleDecl, cand: Candidate, plans: dic
     if kept is not None:
         source = "kept"
     else:
-        ok, why, source = oracle.available(model, backend)
+        ok, why, source = oracle.available(model, backend, plan.external)
         if not ok:
             return why
     info = oracle.header(model)

@@ -68,9 +68,8 @@ class InstallStep(Step):
     def check(self, ctx: Context) -> Status:
         binary = self.installer.binary(self.spec, ctx.paths)
         record = ctx.ledger.artifact(self.id)
-        if self.installer.prefix(self.spec, ctx.paths) is None:  # on PATH: present or not, never ours
-            problem = self.installer.problem(self.spec, installers.LIVE)
-            return Status(not problem, problem or f"{binary} (on PATH; farmhand leaves it alone)")
+        if self.installer.prefix(self.spec, ctx.paths) is None:  # on PATH or running: never ours
+            return Status(*self.installer.present(self.spec))
         if record and fingerprint_matches(record, binary):
             return Status(True, f"{self.backend.name} {record.get('version') or ''} ({self.spec.variant}) at {binary}")
         if record is None and self._adoptable(ctx):
@@ -84,16 +83,20 @@ class InstallStep(Step):
 
     def apply(self, ctx: Context) -> str:
         prefix = self.installer.prefix(self.spec, ctx.paths)
-        if prefix is not None and ctx.ledger.artifact(self.id) is None and self._adoptable(ctx):
+        if prefix is None:  # nothing of farmhand's to put in place: it is there, or it is an error
+            self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
+            return self.installer.present(self.spec)[1]
+        if ctx.ledger.artifact(self.id) is None and self._adoptable(ctx):
             ctx.ledger.add_resource("dir", prefix, self.id)
             binary = self.installer.binary(self.spec, ctx.paths)
             version = self.backend.version_of(binary)
-            ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version})
+            ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version,
+                                                                         "prefix": str(prefix)})
             return f"adopted {self.backend.name} {version or ''} at {binary}"
         binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
         version = self.backend.version_of(binary)
-        if self.installer.prefix(self.spec, ctx.paths) is not None:
-            ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version})
+        ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version,
+                                                                     "prefix": str(prefix)})
         return f"{self.backend.name} {version or ''} at {binary}"
 
     def version(self, ctx: Context) -> str | None:
@@ -173,6 +176,10 @@ class FileStep(Step):
         path = self.path_of(ctx.paths)
         ensure_dir(path.parent, ctx.ledger, self.id)
         ctx.ledger.add_resource("file", path, self.id)
+        try:  # what it replaces, for a step that may have to put it back (RuntimeStep's rollback)
+            ctx.extra[f"previous:{self.id}"] = path.read_text()
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
         atomic_write(path, self.content(), self.mode)
         return f"wrote {path}"
 
@@ -246,6 +253,152 @@ class ConfigStep(Step):
         return f"updated {path} (backup {backup.name})" if backup else f"created {path}"
 
 
+class DirStep(Step):
+    """A directory farmhand owns (owner-only), recorded as `kind`: a backend's own model store
+    is recorded as "model", so `destroy` keeps it unless --purge-models, like the models."""
+
+    def __init__(self, step_id: str, path: Path, kind: str = "model"):
+        self.id, self.path, self.kind = step_id, path, kind
+
+    def check(self, ctx: Context) -> Status:
+        return Status(True, str(self.path)) if self.path.is_dir() else Status(False, f"will create {self.path}")
+
+    def apply(self, ctx: Context) -> str:
+        from .paths import private_dir
+
+        ensure_dir(self.path.parent, ctx.ledger, self.id)
+        ctx.ledger.add_resource(self.kind, self.path, self.id)
+        private_dir(self.path)
+        return f"created {self.path}"
+
+
+class StoreModelStep(Step):
+    """A model in the store of a backend that keeps its own (Ollama), put there through its API
+    once the server answers: pulled by name, or imported from farmhand's store (after the
+    model:<name> step fetched and verified the file)."""
+
+    def __init__(self, runtime, served, warm: bool = False):
+        self.runtime, self.served, self.warm = runtime, served, warm
+        self.backend = runtime.backend
+        self.name = self.backend.model_id(served)
+        self.imported = served.via_store
+        self.id = f"{'import' if self.imported else 'pull'}:{runtime.name}/{served.model.name}"
+        self.after = ("runtime:up",) + ((f"model:{served.model.name}",) if self.imported else ())
+
+    def _store(self):
+        return self.backend.model_store(self.runtime.url)
+
+    def check(self, ctx: Context) -> Status:
+        from .backends.ollama_api import NotAnswering
+
+        verb = "import" if self.imported else "pull"
+        try:
+            held = self._store().present()
+        except NotAnswering:
+            return Status(False, f"will {verb} {self.name} once {self.runtime.name} answers")
+        if self.name not in held:
+            return Status(False, f"will {verb} {self.name} into {self.runtime.name}")
+        record = ctx.ledger.artifact(self.id)
+        if self.imported and (record or {}).get("digest") != held[self.name]:
+            why = "it changed since farmhand imported it" if record else "farmhand has no record of importing it"
+            return Status(False, f"will import {self.name} again ({why})")
+        return Status(True, f"{self.name} in {self.runtime.name}'s store")
+
+    def apply(self, ctx: Context) -> str:
+        store_ = self._store()
+        if self.imported:
+            path = store.store_path(ctx.paths.models, self.served.model)
+            digest = (ctx.ledger.artifact(f"model:{self.served.model.name}") or {}).get("sha256") \
+                or store.sha256_file(path)
+            detail = store_.import_file(self.served, path, digest, ctx.report)
+        else:
+            detail = store_.pull(self.served, ctx.report)
+        held = store_.present()
+        if self.name not in held:
+            from .errors import FarmhandError
+
+            raise FarmhandError(f"{self.runtime.name}: {self.name} is not in its store after: {detail}")
+        ctx.ledger.set_artifact(self.id, {"name": self.name, "digest": held[self.name]})
+        if self.warm:  # a server farmhand does not run: load once, its own keep-alive decides after
+            store_.load(self.name)
+            detail += "; loaded"
+        return detail
+
+
+class LoadStep(Step):
+    """The default model loaded in a runtime farmhand runs (it then stays: OLLAMA_KEEP_ALIVE=-1),
+    so the first request does not pay the load; again after the runtime restarted."""
+
+    def __init__(self, runtime, name: str, after: tuple[str, ...] = ()):
+        self.runtime, self.name, self.after = runtime, name, after
+        self.id = f"load:{runtime.name}/{name}"
+
+    def check(self, ctx: Context) -> Status:
+        from .backends.ollama_api import NotAnswering
+
+        try:
+            loaded = self.runtime.backend.model_store(self.runtime.url).loaded()
+        except NotAnswering:
+            return Status(False, f"will load {self.name} once {self.runtime.name} answers")
+        if self.name in loaded:
+            return Status(True, f"{self.name} loaded in {self.runtime.name}")
+        return Status(False, f"will load {self.name} into memory (so the first request does not wait for it)")
+
+    def apply(self, ctx: Context) -> str:
+        import time
+
+        t0 = time.monotonic()
+        self.runtime.backend.model_store(self.runtime.url).load(self.name)
+        return f"loaded {self.name} in {time.monotonic() - t0:.1f}s"
+
+
+class PruneStep(Step):
+    """Installs the plan no longer uses (an older pinned version, a variant given up) are removed
+    once the runtimes of this plan are ready: an upgrade installs beside the old version and
+    drops it only after the new one answered."""
+
+    id = "prune:installs"
+
+    def __init__(self, keep: set[str], after: tuple[str, ...] = ()):
+        self.keep, self.after = keep, after
+
+    def _stale(self, ctx: Context) -> list[tuple[str, Path]]:
+        out = []
+        for key, record in ctx.ledger.data["artifacts"].items():
+            if not key.startswith("install:") or key in self.keep:
+                continue
+            prefix = record.get("prefix") or next(
+                (r["path"] for r in ctx.ledger.resources()
+                 if r["step"] == key and Path(r["path"]).name == key[len("install:"):]), None)
+            if prefix:
+                out.append((key, Path(prefix)))
+        return out
+
+    def check(self, ctx: Context) -> Status:
+        stale = self._stale(ctx)
+        if not stale:
+            return Status(True, "no install left over from an earlier plan")
+        return Status(False, "will remove " + ", ".join(str(p) for _, p in stale) + " (replaced; the new one is ready)")
+
+    def apply(self, ctx: Context) -> str:
+        import shutil
+
+        removed = []
+        for key, prefix in self._stale(ctx):
+            shutil.rmtree(prefix, ignore_errors=True)
+            for r in ctx.ledger.resources():
+                path = Path(r["path"])
+                # Its directory and its downloads go; built wheels stay (a switch back is quick).
+                download = r["step"] == key and r["kind"] == "file" and path.parent == ctx.paths.downloads
+                if download:
+                    path.unlink(missing_ok=True)
+                if download or path == prefix or prefix in path.parents:
+                    ctx.ledger.forget_resource(path)
+            ctx.ledger.drop_artifact(key)
+            removed.append(str(prefix))
+        return "removed " + ", ".join(removed)
+
+
 class RuntimeStep(Step):
     """The supervisor runs the rendered specs and every runtime answers its readiness probe."""
 
@@ -278,6 +431,10 @@ class RuntimeStep(Step):
         from . import client
 
         health = client.health(ctx.paths)
+        if not self.spec_of().runtimes:  # every runtime is a server farmhand only uses
+            if health is None:
+                return Status(True, "nothing for farmhand's supervisor to run")
+            return Status(False, "will stop the supervisor: no runtime left for it to run")
         if health is None:
             return Status(False, "will start the supervisor and its runtimes")
         if health.get("spec_digest") != self.spec_of().digest:
@@ -289,10 +446,28 @@ class RuntimeStep(Step):
 
     def apply(self, ctx: Context) -> str:
         from . import client
+        from .errors import FarmhandError
 
-        if client.health(ctx.paths) is not None:
+        health = client.health(ctx.paths)
+        was_ready = health is not None and all(r["state"] == "ready" for r in health.get("runtimes", []))
+        if health is not None:
             client.down(ctx.paths, ctx.report)
-        result = client.up(ctx.paths, ctx.report)
+        if not self.spec_of().runtimes:
+            return "stopped the supervisor: no runtime left for it to run"
+        try:
+            result = client.up(ctx.paths, ctx.report)
+        except FarmhandError as exc:
+            previous = ctx.extra.get("previous:spec:runtimes.json")
+            if not (was_ready and previous):
+                raise
+            # An upgrade that does not come up must not leave the host without what it served:
+            # the runtimes that were ready run again (their installs are only pruned after this).
+            client.down(ctx.paths, ctx.report)
+            atomic_write(ctx.paths.runtimes, previous, 0o600)
+            back = client.up(ctx.paths, ctx.report)
+            running = ", ".join(f"{r['name']} on :{r['port']}" for r in back["runtimes"])
+            raise FarmhandError(f"rolled back: the new runtimes did not come up, the ones that ran before run again "
+                                f"({running}); fix the cause and apply again. {exc}", exc.exit_code) from None
         return ", ".join(f"{r['name']} ready on :{r['port']} in {r.get('ready_after_s') or 0:.2f}s"
                          for r in result["runtimes"])
 

@@ -31,12 +31,12 @@ def amd(name, vram_gib, gfx, rocm=True):
     return {"vendor": "amd", "name": name, "vram_bytes": int(vram_gib * GIB), "gfx_target": gfx, "rocm_supported": rocm}
 
 
-def online(model, backend):
+def online(model, backend, server=None):
     usable = backend.usable_sources(model)
     return (True, "reachable", usable[0]) if usable else (False, "no usable source", "")
 
 
-def offline(model, backend):
+def offline(model, backend, server=None):
     """Only what needs no internet: pip (a mirrored index) and local files."""
     for uri in backend.usable_sources(model):
         if uri.startswith(("pip://", "file://")):
@@ -44,9 +44,11 @@ def offline(model, backend):
     return False, "no source reachable (hf: name does not resolve (offline?))", ""
 
 
-def oracle(available=online, header=None, problems: dict | None = None, facts: dict | None = None) -> Oracle:
+def oracle(available=online, header=None, problems: dict | None = None, facts: dict | None = None,
+           running=None) -> Oracle:
     """`problems`: {backend name: why it cannot be installed here}; otherwise the real installers
-    decide from the facts' tools (none recorded: every tool taken as present)."""
+    decide from the facts' tools (none recorded: every tool taken as present). `running`:
+    {backend name: RunningServer or why the adopted one is gone}: servers already running here."""
     from supervisor import installers
 
     def install_problem(spec):
@@ -54,7 +56,8 @@ def oracle(available=online, header=None, problems: dict | None = None, facts: d
             return problems[spec.backend]
         return installers.get(spec.method).problem(spec, (facts or {}).get("tools"))
 
-    return Oracle(available=available, header=header or (lambda model: None), install_problem=install_problem)
+    return Oracle(available=available, header=header or (lambda model: None), install_problem=install_problem,
+                  running=lambda backend, decl: (running or {}).get(backend.name))
 
 
 def paths_in(root: Path) -> Paths:

@@ -125,8 +125,8 @@ CASES = {
         runtimes=[("ollama", 11434, ["serve"],
                    {"OLLAMA_HOST": "127.0.0.1:11434", "OLLAMA_MODELS": "~/data/models/ollama",
                     "OLLAMA_ORIGINS": "http://127.0.0.1:8000",
-                    "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_CONTEXT_LENGTH": "4096",
-                    "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"])],
+                    "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_CONTEXT_LENGTH": "4096", "OLLAMA_KEEP_ALIVE": "-1",
+                    "OLLAMA_NUM_PARALLEL": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"])],
         entries=[("default", "ollama", "llama3.1:8b", "http://127.0.0.1:11434", None, True),
                  ("fast", "ollama", "llama3.2:3b", "http://127.0.0.1:11434", None, False)]),
     "an API key through the environment, and an embedding role": dict(
@@ -227,7 +227,7 @@ def test_the_last_choice_is_kept_without_asking_the_network(tmp_path):
     ledger.pin_roles(first.profile["name"], first.selection.pins())
     asked = []
 
-    def unreachable(model, backend):
+    def unreachable(model, backend, server=None):
         asked.append(model.name)
         return False, "offline", ""
 

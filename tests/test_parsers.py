@@ -83,6 +83,14 @@ def test_os_release_and_wsl():
     assert P.parse_proc_version("Linux version 6.8.0-45-generic (buildd@lcy02) #45-Ubuntu SMP")["wsl"] is None
 
 
+def test_jetson_release():
+    assert P.parse_nv_tegra_release(text("nv_tegra_release-jetpack6.txt")) == 6
+    assert P.parse_nv_tegra_release(text("nv_tegra_release-jetpack5.txt")) == 5
+    assert P.parse_nv_tegra_release("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref") is None
+    with pytest.raises(P.ParseError):
+        P.parse_nv_tegra_release("Ubuntu 22.04")
+
+
 def test_apple_sysctl():
     assert P.parse_int(text("sysctl-hw.memsize.txt")) == 64 * GIB
     assert text("sysctl-machdep.cpu.brand_string.txt").strip() == "Apple M2 Max"

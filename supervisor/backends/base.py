@@ -47,6 +47,37 @@ class ReadinessProbe:
     expect: int = 200
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    """A server of this backend that farmhand did not start, answering at `url`: used, never managed."""
+
+    url: str
+    port: int
+    version: str
+
+
+class ModelStore:
+    """A backend's own model store, reached through its running server (own_store backends)."""
+
+    def present(self) -> dict[str, str]:
+        """{model id: digest} of what the store holds; raises NotAnswering when the server is down."""
+        raise NotImplementedError
+
+    def loaded(self) -> set[str]:
+        raise NotImplementedError
+
+    def pull(self, served: ServedModel, report) -> str:
+        """Have the backend fetch the model by its own name; a line saying what happened."""
+        raise NotImplementedError
+
+    def import_file(self, served: ServedModel, path: Path, sha256: str, report) -> str:
+        """Put a file from farmhand's store into the backend's store."""
+        raise NotImplementedError
+
+    def load(self, name: str) -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class Launch:
     argv: list[str]
@@ -64,6 +95,7 @@ class Backend:
     executable: str = ""
     variants: tuple[str, ...] = ("cpu",)
     install_methods: tuple[str, ...] = ("path",)  # the first is the default
+    adopts_running: bool = False  # method `auto` uses a server of this backend already running here
     models_per_process: int | None = 1  # None: any number (it loads and unloads on demand)
     split: str | None = None  # how one model spans GPUs: "layer" | "tensor" | "scheduler"
     default_ctx: int = 4096
@@ -74,14 +106,25 @@ class Backend:
     controlled_env: dict[str, str] = {}
 
     # --- installation -----------------------------------------------------------------------
-    def install_params(self, method: str, variant: str) -> dict:
-        """This backend's parameters for an install method (the user's install settings override)."""
+    def resolve_method(self, method: str, facts: dict) -> str:
+        """The install method `auto` stands for on this host (backends that offer `auto`)."""
+        return method
+
+    def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
+        """This backend's parameters for an install method on this host (the user's install
+        settings, `declared`, override them)."""
         return {"executable": self.executable} if method == "path" else {}
 
-    def install_spec(self, decl: RuntimeDecl) -> InstallSpec:
+    def install_spec(self, decl: RuntimeDecl, facts: dict | None = None) -> InstallSpec:
+        facts = facts or {}
         declared = {k: v for k, v in decl.install.items() if k != "method"}
-        params = self.install_params(decl.install["method"], decl.variant) | declared
-        return InstallSpec.make(self.name, decl.install["method"], decl.variant, params)
+        method = self.resolve_method(decl.install["method"], facts)
+        params = self.install_params(method, decl.variant, facts, declared) | declared
+        return InstallSpec.make(self.name, method, decl.variant, params)
+
+    def running_version(self, url: str) -> str | None:
+        """For backends that adopt a running server: its version when one answers at `url`."""
+        return None
 
     def version_of(self, binary: Path) -> str | None:
         """The installed version, from `BINARY --version` (None when it cannot tell)."""
@@ -113,6 +156,18 @@ class Backend:
     def model_id(self, served: ServedModel) -> str:
         """The model name clients send (the `model` field in llamafarm.yaml)."""
         return served.model.name
+
+    def store_name(self, model: ModelSpec, source: str) -> str:
+        """own_store backends: the name `model` has in their store when it came from `source`."""
+        return model.name
+
+    def model_store(self, url: str) -> ModelStore | None:
+        """own_store backends: their store, through the server at `url`."""
+        return None
+
+    def store_dir(self, paths: Paths) -> Path | None:
+        """own_store backends run by farmhand: where their store lives inside farmhand's."""
+        return None
 
     # --- running ----------------------------------------------------------------------------
     def base_url(self, port: int, host: str = "127.0.0.1") -> str:

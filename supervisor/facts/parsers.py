@@ -61,6 +61,15 @@ def parse_proc_version(text: str) -> dict:
     return {"kernel": release, "wsl": wsl}
 
 
+def parse_nv_tegra_release(text: str) -> int | None:
+    """/etc/nv_tegra_release on NVIDIA Jetson: the JetPack major version its L4T release means
+    (R35 -> 5, R36 -> 6); None for a release Ollama ships no add-on for."""
+    m = re.match(r"#\s*R(\d+)\s*\(release\)", text)
+    if not m:
+        raise ParseError("not an /etc/nv_tegra_release")
+    return {35: 5, 36: 6}.get(int(m.group(1)))
+
+
 def parse_nvidia_query(text: str) -> list[dict]:
     """`nvidia-smi --query-gpu=index,name,memory.total,memory.free,driver_version,compute_cap
     --format=csv,noheader,nounits`. Tolerates the header+units form (`--format=csv`), where

@@ -61,6 +61,12 @@ def probe_os(host: Host) -> dict:
             facts["kernel"], facts["wsl"] = parsed["kernel"], parsed["wsl"]
         except P.ParseError as exc:
             facts["notes"].append(f"/proc/version: {exc}")
+    tegra = host.read("/etc/nv_tegra_release")
+    if tegra:
+        try:
+            facts["jetpack"] = P.parse_nv_tegra_release(tegra)
+        except P.ParseError as exc:
+            facts["notes"].append(f"/etc/nv_tegra_release: {exc}")
     if host.read("/.dockerenv") is not None:
         facts["container"] = "docker"
     elif host.read("/run/.containerenv") is not None:

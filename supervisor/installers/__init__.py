@@ -7,7 +7,9 @@ module with an Installer subclass and list it in INSTALLERS.
 
     path     already on PATH; farmhand installs nothing and never modifies it
     pip      a venv that farmhand owns, optionally from a wheel it builds (keyed by build flags)
-    archive  a release archive: URL, pinned sha256, safe extraction into a versioned directory
+    archive  release archives: URL, sha256 (pinned or from the release's checksum file), safe
+             extraction into a versioned directory
+    external a server already running here that farmhand did not start: used, never touched
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ class Installer:
         """Where the executable is, or will be once installed."""
         raise NotImplementedError
 
+    def present(self, spec: InstallSpec) -> tuple[bool, str]:
+        """For methods where farmhand owns nothing (prefix None): is it there, and a line on it."""
+        return False, self.describe(spec)
+
     def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
         """Install, record what was created in the ledger, return the executable."""
         raise NotImplementedError
@@ -141,10 +147,11 @@ def missing_tools(needed: list[tuple[str, str]], tools) -> str | None:
 
 def get(method: str) -> Installer:
     from .archive import ArchiveInstaller
+    from .external import ExternalInstaller
     from .path import PathInstaller
     from .pip import PipInstaller
 
-    installers = {i.method: i for i in (PathInstaller(), PipInstaller(), ArchiveInstaller())}
+    installers = {i.method: i for i in (PathInstaller(), PipInstaller(), ArchiveInstaller(), ExternalInstaller())}
     try:
         return installers[method]
     except KeyError:

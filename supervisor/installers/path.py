@@ -25,6 +25,12 @@ class PathInstaller(Installer):
     def prefix(self, spec: InstallSpec, paths: Paths) -> Path | None:
         return None
 
+    def present(self, spec: InstallSpec) -> tuple[bool, str]:
+        from . import LIVE
+
+        problem = self.problem(spec, LIVE)
+        return (False, problem) if problem else (True, f"{self.binary(spec, None)} (on PATH; farmhand leaves it alone)")
+
     def binary(self, spec: InstallSpec, paths: Paths) -> Path:
         found = shutil.which(spec.get("executable"))
         return Path(found) if found else Path(spec.get("executable"))

@@ -22,20 +22,26 @@ REACH_TIMEOUT = 1.5
 @dataclass(frozen=True)
 class Mirrors:
     """A base URL per source kind, for sites without the internet: `mirrors:` in the profile or
-    overrides, else FARMHAND_MIRROR_HF / FARMHAND_MIRROR_HTTPS. An hf mirror serves the Hugging
-    Face API (HF_ENDPOINT); an https mirror serves `<base>/<host>/<path>` for https://<host>/<path>."""
+    overrides, else FARMHAND_MIRROR_HF / _HTTPS / _OLLAMA. An hf mirror serves the Hugging Face
+    API (HF_ENDPOINT); an https mirror serves `<base>/<host>/<path>` for https://<host>/<path>
+    (release archives, model files); an ollama mirror is a registry speaking Ollama's registry
+    API (/v2/<namespace>/<model>/manifests/<tag>) in place of registry.ollama.ai."""
 
     hf: str | None = None
     https: str | None = None
+    ollama: str | None = None
 
     @classmethod
     def resolve(cls, declared: dict | None = None) -> Mirrors:
         declared = declared or {}
-        return cls(hf=(declared.get("hf") or os.environ.get("FARMHAND_MIRROR_HF") or "").rstrip("/") or None,
-                   https=(declared.get("https") or os.environ.get("FARMHAND_MIRROR_HTTPS") or "").rstrip("/") or None)
+
+        def pick(kind: str) -> str | None:
+            return (declared.get(kind) or os.environ.get(f"FARMHAND_MIRROR_{kind.upper()}") or "").rstrip("/") or None
+
+        return cls(hf=pick("hf"), https=pick("https"), ollama=pick("ollama"))
 
     def hosts(self) -> set[str]:
-        return {urlparse(u).hostname for u in (self.hf, self.https) if u}
+        return {urlparse(u).hostname for u in (self.hf, self.https, self.ollama) if u}
 
 
 _mirrors = Mirrors.resolve()

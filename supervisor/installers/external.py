@@ -1,0 +1,43 @@
+"""`external`: a server of the backend that is already running here and that farmhand did not
+start (a system `ollama.service`, say). farmhand installs nothing, starts and stops nothing,
+and removes nothing of it; it only talks to its API. Chosen by method `auto` (selection.py),
+never declared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..paths import Paths
+from . import Installer, InstallSpec
+
+
+class ExternalInstaller(Installer):
+    method = "external"
+
+    def describe(self, spec: InstallSpec) -> str:
+        return f"use the {spec.backend} already running at {spec.get('url')}"
+
+    def prefix(self, spec: InstallSpec, paths: Paths) -> Path | None:
+        return None
+
+    def binary(self, spec: InstallSpec, paths: Paths) -> Path:
+        return Path(spec.get("url"))
+
+    def present(self, spec: InstallSpec) -> tuple[bool, str]:
+        from ..backends import get_backend
+
+        url = spec.get("url")
+        version = get_backend(spec.backend).running_version(url)
+        if version is None:
+            return False, (f"the {spec.backend} at {url} does not answer: start it again (systemctl start "
+                           f"{spec.backend}), or re-run with --reselect to let farmhand install its own")
+        host = url.split("://", 1)[-1]
+        return True, f"using the {spec.backend} already running at {host} (version {version}); farmhand leaves it alone"
+
+    def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
+        from ..errors import EnvironmentProblem
+
+        ok, detail = self.present(spec)
+        if not ok:
+            raise EnvironmentProblem(detail)
+        return self.binary(spec, paths)
