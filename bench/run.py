@@ -156,8 +156,10 @@ def main() -> None:
         results["supervisor_idle_cpu_pct"] = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / idle_s
         bench_scaling(results)
         import fetch
+        import ollama_bench
 
         fetch.main(results)
+        ollama_bench.main(results)
     finally:
         run("destroy", "--yes", "--purge-models", check=False)
         shutil.rmtree(home, ignore_errors=True)
@@ -165,9 +167,10 @@ def main() -> None:
 
 
 def report(results: dict) -> None:
-    targets = {"noop_bootstrap_ms": 300, "readiness_lag_ms": 20, "down_overhead_ms": 50, "detect_ms": 150,
+    targets = {"noop_bootstrap_ms": 300, "readiness_lag_ms": 20, "ollama_readiness_lag_ms": 20,
+               "down_overhead_ms": 50, "detect_ms": 150,
                "supervisor_rss_mb": 40, "supervisor_idle_cpu_pct": 0.5, "up_n4_over_n1": 1.3, "down_n4_over_n1": 1.3}
-    floors = {"pull_throughput_vs_curl": 0.95}
+    floors = {"pull_throughput_vs_curl": 0.95, "ollama_import_vs_curl": 0.9}
     for key, value in results.items():
         if isinstance(value, dict):
             print(f"{key:32s} " + ", ".join(f"{k} {v:.1f}" for k, v in value.items()))

@@ -451,6 +451,8 @@ def run(ctx):
 def _print_status(body: dict) -> None:
     sup = body.get("supervisor")
     click.echo(f"supervisor: {body['status']}" + (f" (pid {sup['pid']})" if sup else ""))
+    if body.get("note"):
+        click.echo(body["note"])
     rows = []
     for r in body["runtimes"]:
         rows.append([r["name"], r["state"], r.get("pid") or "-", r["port"], f"{r.get('uptime_s') or 0:.0f}s",
@@ -485,7 +487,9 @@ def status_body(paths) -> dict:
     body["roles"], body["warnings"] = [], []
     for role in record.get("roles", []):
         entry = dict(role, default=role["role"] == record.get("default_role"))
-        if role.get("runtime"):
+        if role.get("runtime") and role.get("managed") is False:  # a server farmhand uses, not runs
+            entry["state"] = _external_state(role, body)
+        elif role.get("runtime"):
             entry["state"] = states.get(role["runtime"], "unknown")
         else:
             var = role.get("api_key_env")
@@ -496,6 +500,19 @@ def status_body(paths) -> dict:
                                         f"cannot call {role['model']} without it")
         body["roles"].append(entry)
     return body
+
+
+def _external_state(role: dict, body: dict) -> str:
+    from .backends import get_backend
+
+    version = get_backend(role["backend"]).running_version(role["url"])
+    if version:
+        return f"ready (not farmhand's; {role['backend']} {version})"
+    body["warnings"].append(f"role {role['role']}: the {role['backend']} at {role['url']} (not farmhand's) does not "
+                            f"answer; start it (systemctl start {role['backend']})")
+    if body["status"] in ("ok", "down"):
+        body["status"] = "degraded"
+    return "NOT ANSWERING (not farmhand's)"
 
 
 @cli.command()

@@ -58,6 +58,9 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
     specs = _read_json(paths.runtimes)
     if not specs:
         raise FarmhandError(f"nothing to run: no runtime specs at {paths.runtimes}; run `farmhand apply` first")
+    if not specs["runtimes"]:  # every runtime is a server farmhand uses but does not start
+        return {"status": "ok", "supervisor": None, "runtimes": [],
+                "note": "nothing for farmhand to start: every runtime is a server it uses but does not run"}
     if timeout is None:
         timeout = max(r["start_timeout_s"] for r in specs["runtimes"]) + 10
     child = None

@@ -99,7 +99,7 @@ def _role_json(b, sel: Selection, port_map: dict[str, int]) -> dict:
     rt = sel.runtimes[b.runtime]
     served = next(m for m in rt.models if m.model.name == b.model)
     return {"role": b.role, "runtime": rt.name, "backend": rt.backend.name, "model": b.model,
-            "model_id": rt.backend.model_id(served), "url": rt.url, "note": b.note}
+            "model_id": rt.backend.model_id(served), "url": rt.url, "managed": rt.managed, "note": b.note}
 
 
 class SpecRenderer:
@@ -161,9 +161,9 @@ def _identity(files: list[Path]) -> str:
 
 
 def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True, live: bool = True,
-                reselect: bool = False) -> Oracle:
+                reselect: bool = False, port_args: dict | None = None) -> Oracle:
     """The world as a live plan sees it: the store, the sources, the installers, the servers
-    already running here."""
+    already running here (not for a runtime given a port of its own: that asks for farmhand's)."""
     held: dict[str, dict[str, str]] = {}
 
     def in_server(backend: Backend, server: RunningServer) -> dict[str, str]:
@@ -197,6 +197,8 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
             backend.pull_problem() if backend.own_store else None)
 
     def running(backend: Backend, decl: deployment.RuntimeDecl) -> RunningServer | str | None:
+        if decl.port is not None or decl.name in (port_args or {}) or None in (port_args or {}):
+            return None  # a port of its own asks for farmhand's own runtime
         pinned = None if reselect else ledger.runtime_record(decl.name)
         if pinned and pinned.get("external"):
             url = pinned["external"]
@@ -289,7 +291,7 @@ def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profi
     pinned_profile = (ledger.data.get("selection") or {}).get("profile")
     if not reselect and not profile_name:  # the last apply's profile first: stable, and no network
         order.sort(key=lambda m: m.profile["name"] != pinned_profile)
-    oracle = oracle or make_oracle(paths, ledger, facts, live=live, reselect=reselect)
+    oracle = oracle or make_oracle(paths, ledger, facts, live=live, reselect=reselect, port_args=port_args)
     fallbacks: list[str] = []
     first_refusal: PlanRefused | None = None
     for match in order:

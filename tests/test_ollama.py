@@ -361,7 +361,9 @@ def test_an_ollama_already_running_is_adopted_not_replaced(farmhand, llama_serve
         (rt,) = summary["runtimes"]
         assert (rt["managed"], rt["version"], rt["url"]) == (False, "0.30.1", "http://127.0.0.1:11434")
         assert not (farmhand.home / "data" / "backends").exists()  # nothing installed
-        assert farmhand.json("status")["runtimes"] == []  # nothing of it supervised
+        status = farmhand.json("status")
+        assert status["runtimes"] == []  # nothing of it supervised, but its roles are watched
+        assert [r["state"] for r in status["roles"]] == ["ready (not farmhand's; ollama 0.30.1)"] * 2
         api = OllamaAPI("http://127.0.0.1:11434")
         assert {"farmhand/gemma3-270m:latest", "tiny-test:latest"} <= set(api.tags())
         assert list(system_store.glob("blobs/sha256-*")), "the models went into the system Ollama's own store"
@@ -380,6 +382,8 @@ def test_an_ollama_already_running_is_adopted_not_replaced(farmhand, llama_serve
         farmhand.json("apply", "--yes", *args, timeout=600)
         system.terminate()
         system.wait(15)
+        status = farmhand.run("status")
+        assert status.returncode == 1 and "NOT ANSWERING (not farmhand's)" in status.stdout, status.stdout
         proc = farmhand.run("apply", "--yes", *args)
         assert proc.returncode == 5, proc.stderr
         assert "does not answer: start it again (systemctl start ollama)" in proc.stderr and "--reselect" in proc.stderr

@@ -157,16 +157,26 @@ class OllamaAPI:
         return status == 200
 
     def push_blob(self, path: Path, digest: str, *, report, label: str) -> None:
-        """POST the file as blob sha256:<digest> (the server checks the digest: 400 on a mismatch)."""
+        """POST the file as blob sha256:<digest> (the server checks the digest: 400 on a mismatch),
+        in 1 MiB writes (measured on loopback: as fast as sendfile(2) here, and simpler)."""
         size = os.path.getsize(path)
         conn = self._conn(timeout=600.0)
         try:
+            conn.putrequest("POST", f"/api/blobs/sha256:{digest}", skip_accept_encoding=True)
+            conn.putheader("Content-Length", str(size))
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.endheaders()
+            sent = 0
             with open(path, "rb") as fh:
-                body = _Progress(fh, size, report, label)
-                conn.request("POST", f"/api/blobs/sha256:{digest}", body=body,
-                             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
-                resp = conn.getresponse()
-                data = resp.read()
+                while sent < size:
+                    block = fh.read(min(UPLOAD_BLOCK, size - sent))
+                    if not block:
+                        raise OSError(f"the file ended after {sent} of {size} bytes (changed while uploading?)")
+                    conn.sock.sendall(block)
+                    sent += len(block)
+                    report.transfer(label, sent, size)
+            resp = conn.getresponse()
+            data = resp.read()
             report.transfer(label, size, size, finished=True)
         except (OSError, http.client.HTTPException) as exc:
             raise NotAnswering(f"uploading {path.name} failed: ollama at {self.base} stopped answering ({exc})") from None
@@ -207,20 +217,6 @@ class OllamaAPI:
             done = False
         if not done:
             raise OllamaError(f"loading {name} into memory did not finish (ollama at {self.base})")
-
-
-class _Progress:
-    """A file object for http.client that reports how much of it was sent."""
-
-    def __init__(self, fh, size: int, report, label: str):
-        self.fh, self.size, self.report, self.label, self.sent = fh, size, report, label, 0
-
-    def read(self, n: int = -1) -> bytes:
-        block = self.fh.read(n)
-        self.sent += len(block)
-        if block:
-            self.report.transfer(self.label, self.sent, self.size)
-        return block
 
 
 def _error_of(data: bytes) -> str:
