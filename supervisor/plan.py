@@ -196,7 +196,7 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
         return installers.get(spec.method).problem(spec, facts.get("tools")) or (
             backend.pull_problem() if backend.own_store else None)
 
-    def running(backend: Backend, decl: deployment.RuntimeDecl) -> RunningServer | str | None:
+    def running(backend: Backend, decl: deployment.RuntimeDecl) -> RunningServer | None:
         if decl.port is not None or decl.name in (port_args or {}) or None in (port_args or {}):
             return None  # a port of its own asks for farmhand's own runtime
         pinned = None if reselect else ledger.runtime_record(decl.name)
@@ -205,9 +205,14 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
             version = backend.running_version(url)
             if version:
                 return RunningServer(url, int(url.rsplit(":", 1)[-1]), version)
-            return (f"the {backend.name} at {url} that farmhand used (it did not start it) does not answer: start "
-                    f"it again (systemctl start {backend.name}), or re-run with --reselect to let farmhand install "
-                    f"its own")
+            # Relied on since it was adopted: a second Ollama (or another profile) in its place
+            # would surprise more than this error does.
+            from .errors import EnvironmentProblem
+
+            raise EnvironmentProblem(
+                f"the {backend.name} at {url} that runtime {decl.name} uses (farmhand did not start it) does not "
+                f"answer: start it again (systemctl start {backend.name}), or re-run with --reselect to let "
+                f"farmhand install its own; nothing was changed")
         if pinned or not live:  # farmhand ran its own last time: keep doing so
             return None
         port = backend.default_port

@@ -42,13 +42,13 @@ class Oracle:
     where `server` is a running server of the runtime whose own store may already hold the
     model; `header(model)` -> GGUFInfo or None; `install_problem(spec)` -> why this install
     cannot happen here, or None; `running(backend, decl)` -> a server of that backend already
-    running here that farmhand did not start (RunningServer), why one farmhand used before is
-    gone (str), or None."""
+    running here that farmhand did not start (RunningServer) or None; it raises when one that
+    farmhand relied on is gone."""
 
     available: Callable[[ModelSpec, Backend, RunningServer | None], tuple[bool, str, str]]
     header: Callable[[ModelSpec], GGUFInfo | None]
     install_problem: Callable[[InstallSpec], str | None]
-    running: Callable[[Backend, RuntimeDecl], RunningServer | str | None] = lambda backend, decl: None
+    running: Callable[[Backend, RuntimeDecl], RunningServer | None] = lambda backend, decl: None
 
 
 @dataclass
@@ -227,8 +227,6 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
     if plan is None:
         running = oracle.running(backend, rt_decl) if backend.adopts_running and rt_decl.install["method"] == "auto" \
             else None
-        if isinstance(running, str):
-            return running
         if running is not None:
             install = InstallSpec.make(backend.name, "external", rt_decl.variant, {"url": running.url})
         else:

@@ -48,7 +48,7 @@ def oracle(available=online, header=None, problems: dict | None = None, facts: d
            running=None) -> Oracle:
     """`problems`: {backend name: why it cannot be installed here}; otherwise the real installers
     decide from the facts' tools (none recorded: every tool taken as present). `running`:
-    {backend name: RunningServer or why the adopted one is gone}: servers already running here."""
+    {backend name: RunningServer, or an exception to raise (the adopted one is gone)}."""
     from supervisor import installers
 
     def install_problem(spec):
@@ -57,7 +57,14 @@ def oracle(available=online, header=None, problems: dict | None = None, facts: d
         return installers.get(spec.method).problem(spec, (facts or {}).get("tools"))
 
     return Oracle(available=available, header=header or (lambda model: None), install_problem=install_problem,
-                  running=lambda backend, decl: (running or {}).get(backend.name))
+                  running=lambda backend, decl: _running(running, backend))
+
+
+def _running(running: dict | None, backend):
+    found = (running or {}).get(backend.name)
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
 def paths_in(root: Path) -> Paths:

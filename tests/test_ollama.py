@@ -126,11 +126,12 @@ def test_plan_pulls_by_name_imports_files_and_adopts_a_running_server(tmp_path):
     ids = [s.id for s in adopted.steps]
     assert "store:ollama" not in ids and not any(i.startswith("load:") for i in ids)  # its own keep-alive rules
 
-    from supervisor.selection import PlanRefused
+    from supervisor.errors import EnvironmentProblem
 
-    with pytest.raises(PlanRefused, match="gemma3-270m on ollama: the ollama at http://127.0.0.1:11434 went away"):
-        build(tmp_path / "gone", facts, overrides=overrides, profile="nvidia-mid", oracle_=oracle(
-            available=offline_except_registry, running={"ollama": "the ollama at http://127.0.0.1:11434 went away"}))
+    gone = EnvironmentProblem("the ollama at http://127.0.0.1:11434 went away")
+    with pytest.raises(EnvironmentProblem, match="went away"):  # no fallback to another profile
+        build(tmp_path / "gone", facts, overrides=overrides, oracle_=oracle(available=offline_except_registry,
+                                                                            running={"ollama": gone}))
 
 
 # --- the release, the registry, the mirror ------------------------------------------------------------
@@ -385,8 +386,9 @@ def test_an_ollama_already_running_is_adopted_not_replaced(farmhand, llama_serve
         status = farmhand.run("status")
         assert status.returncode == 1 and "NOT ANSWERING (not farmhand's)" in status.stdout, status.stdout
         proc = farmhand.run("apply", "--yes", *args)
-        assert proc.returncode == 5, proc.stderr
+        assert proc.returncode == 6, proc.stderr
         assert "does not answer: start it again (systemctl start ollama)" in proc.stderr and "--reselect" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not (farmhand.home / "data" / "backends").exists()
     finally:
         if system.poll() is None:
