@@ -138,18 +138,6 @@ def registry(root: Path, name: str, gguf: Path, template: str | None = None) -> 
 
 def tiny_gguf(path: Path) -> Path:
     """A valid GGUF of a tiny llama-architecture model (a few KB; its weights are zeros)."""
-    import gguf
-    import numpy as np
+    from test_gguf_memory import write_gguf
 
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(256)
-    writer.add_block_count(1)
-    writer.add_embedding_length(8)
-    writer.add_head_count(2)
-    writer.add_head_count_kv(2)
-    writer.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(path, 2)
