@@ -289,7 +289,7 @@ class StoreModelStep(Step):
         return self.backend.model_store(self.runtime.url)
 
     def check(self, ctx: Context) -> Status:
-        from .backends.ollama_api import NotAnswering
+        from .backends.base import NotAnswering
 
         verb = "import" if self.imported else "pull"
         try:
@@ -334,7 +334,7 @@ class LoadStep(Step):
         self.id = f"load:{runtime.name}/{name}"
 
     def check(self, ctx: Context) -> Status:
-        from .backends.ollama_api import NotAnswering
+        from .backends.base import NotAnswering
 
         try:
             loaded = self.runtime.backend.model_store(self.runtime.url).loaded()

@@ -155,6 +155,15 @@ case("a file:// source of another size", [*APPLY, *OV], 4,
      setup=local_file(SHADOW, 999, "0" * 64), fixtures=("fake_llama_server",))
 
 # --- llamafarm.yaml, paths, the environment ----------------------------------------------------
+case("an Ollama mirror with a path", [*PLAN, *OV], 2,
+     ["{tmp}/o.yaml (merged onto profile cpu-small): mirrors.ollama", "does not match"],
+     setup=overrides("mirrors: {ollama: 'http://127.0.0.1:5000/registry'}\n"))
+case("FARMHAND_MIRROR_OLLAMA with a path", PLAN, 2,
+     ["FARMHAND_MIRROR_OLLAMA: http://127.0.0.1:5000/r: an Ollama registry mirror is a registry root"],
+     setup=lambda fh, tmp: {"FARMHAND_MIRROR_OLLAMA": "http://127.0.0.1:5000/r"})
+case("an Ollama install with an unknown method", [*PLAN, *OV], 2,
+     ["deployment.runtimes.ollama.install.method", "known: auto, archive, path"],
+     setup=overrides("deployment: {runtimes: {ollama: {backend: ollama, install: {method: pip}}}}\n"))
 case("malformed llamafarm.yaml", PLAN, 2, ["{project}/llamafarm.yaml:", "malformed YAML"],
      setup=llamafarm_yaml("version: v1\nname: x\nruntime:\n  models: [\n"))
 case("runtime is a string", PLAN, 2, ["{project}/llamafarm.yaml:3", "runtime must be a mapping, not 'hello'"],

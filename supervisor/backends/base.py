@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import sources
 from ..deployment import ModelSpec, RuntimeDecl
+from ..errors import FarmhandError
 from ..installers import InstallSpec
 from ..paths import Paths
 
@@ -54,6 +55,10 @@ class RunningServer:
     url: str
     port: int
     version: str
+
+
+class NotAnswering(FarmhandError):
+    """A backend's server does not answer (not started yet, or gone)."""
 
 
 class ModelStore:

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import FarmhandError
+from . import base
 
 DEFAULT_REGISTRY = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -34,7 +35,7 @@ class OllamaError(FarmhandError):
     pass
 
 
-class NotAnswering(OllamaError):
+class NotAnswering(OllamaError, base.NotAnswering):
     pass
 
 

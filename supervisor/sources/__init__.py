@@ -38,13 +38,21 @@ class Mirrors:
         def pick(kind: str) -> str | None:
             return (declared.get(kind) or os.environ.get(f"FARMHAND_MIRROR_{kind.upper()}") or "").rstrip("/") or None
 
-        return cls(hf=pick("hf"), https=pick("https"), ollama=pick("ollama"))
+        ollama = pick("ollama")
+        if ollama and urlparse(ollama).path.strip("/"):
+            where = "mirrors.ollama" if declared.get("ollama") else "FARMHAND_MIRROR_OLLAMA"
+            raise BadInput(f"{where}: {ollama}: an Ollama registry mirror is a registry root (scheme://host[:port]): "
+                           "Ollama names a registry by its host only")
+        return cls(hf=pick("hf"), https=pick("https"), ollama=ollama)
 
     def hosts(self) -> set[str]:
         return {urlparse(u).hostname for u in (self.hf, self.https, self.ollama) if u}
 
 
-_mirrors = Mirrors.resolve()
+try:
+    _mirrors = Mirrors.resolve()
+except BadInput:  # said, with the fix, when a command resolves them (plan.build); never at import
+    _mirrors = Mirrors()
 
 
 def configure(mirrors: Mirrors, hf_home: Path | None = None) -> None:
