@@ -36,6 +36,17 @@ from .states import RUNNING, State, next_state
 FIRST_PROBE_DELAY = 0.002
 PROBE_GROWTH = 1.3
 PROBE_MAX_DELAY = 0.015  # keeps "ready" within ~15 ms of the first 200 without hammering
+# A server that takes long to start (vLLM: minutes) is probed less often the longer it has taken:
+# the interval grows to PROBE_ELAPSED_FRACTION of the time waited so far (at most
+# PROBE_SLOW_CAP), so the lag stays a small fraction of the start time and a 60 s start costs
+# ~150 probes instead of 4,000.
+PROBE_ELAPSED_FRACTION = 0.04
+PROBE_SLOW_CAP = 2.0
+
+
+def next_probe_delay(delay: float, elapsed: float) -> float:
+    """The wait before the next readiness probe, after `delay`, `elapsed` seconds into the start."""
+    return min(max(min(delay * PROBE_GROWTH, PROBE_MAX_DELAY), elapsed * PROBE_ELAPSED_FRACTION), PROBE_SLOW_CAP)
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -327,7 +338,8 @@ class Supervisor:
         its liveness every liveness_interval_s (a stopped or wedged server answers nothing)."""
         popen = rt.popen
         probe = urlparse(rt.spec.readiness_url)
-        deadline = time.monotonic() + rt.spec.start_timeout_s
+        started = time.monotonic()
+        deadline = started + rt.spec.start_timeout_s
         delay = FIRST_PROBE_DELAY
         while True:
             rc = popen.poll()
@@ -342,8 +354,8 @@ class Supervisor:
             if time.monotonic() > deadline:
                 self.events.put(("start_timeout", rt, (gen, None)))
                 return
-            time.sleep(delay)
-            delay = min(delay * PROBE_GROWTH, PROBE_MAX_DELAY)
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic()) + 0.001))
+            delay = next_probe_delay(delay, time.monotonic() - started)
         spec = rt.spec
         while True:
             try:

@@ -193,7 +193,7 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
 
     def install_problem(spec: installers.InstallSpec) -> str | None:
         backend = get_backend(spec.backend)
-        return installers.get(spec.method).problem(spec, facts.get("tools")) or (
+        return installers.problem_of(spec, facts.get("tools")) or (
             backend.pull_problem() if backend.own_store else None)
 
     def running(backend: Backend, decl: deployment.RuntimeDecl) -> RunningServer | None:
@@ -354,6 +354,8 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
         for served in rt.models:
             if served.via_store:
                 model_steps.setdefault(served.model.name, steps.ModelStep(served.model))
+            elif rt.backend.reads_hf_cache and sources.scheme_of(served.effective_source) == "hf":
+                model_steps.setdefault(served.model.name, steps.RepoStep(served.model.name, served.effective_source))
     plan_steps += model_steps.values()
     stores = [steps.DirStep(f"store:{rt.name}", rt.backend.store_dir(paths)) for rt in selection.runtimes.values()
               if rt.backend.own_store and rt.managed]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ class InstallStep(Step):
         self.id = f"install:{spec.key}"
 
     def preflight(self, ctx: Context) -> None:
-        problem = self.installer.problem(self.spec, installers.LIVE)
+        problem = installers.problem_of(self.spec, installers.LIVE)
         if problem:
             raise Unsupported(f"cannot apply: {problem}. Nothing was changed.")
 
@@ -84,20 +85,34 @@ class InstallStep(Step):
     def apply(self, ctx: Context) -> str:
         prefix = self.installer.prefix(self.spec, ctx.paths)
         if prefix is None:  # nothing of farmhand's to put in place: it is there, or it is an error
-            self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
-            return self.installer.present(self.spec)[1]
-        if ctx.ledger.artifact(self.id) is None and self._adoptable(ctx):
+            binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
+            sees = self.backend.verify_install(binary, self.spec.variant) if binary else None
+            return self.installer.present(self.spec)[1] + (f"; {sees}" if sees else "")
+        adopt = ctx.ledger.artifact(self.id) is None and self._adoptable(ctx)
+        if adopt:
             ctx.ledger.add_resource("dir", prefix, self.id)
             binary = self.installer.binary(self.spec, ctx.paths)
-            version = self.backend.version_of(binary)
-            ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version,
-                                                                         "prefix": str(prefix)})
-            return f"adopted {self.backend.name} {version or ''} at {binary}"
-        binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
+        else:
+            binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
+        sees = self._verify(ctx, prefix, binary)
         version = self.backend.version_of(binary)
         ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version,
-                                                                     "prefix": str(prefix)})
-        return f"{self.backend.name} {version or ''} at {binary}"
+                                                                     "prefix": str(prefix), "sees": sees})
+        return f"{'adopted ' if adopt else ''}{self.backend.name} {version or ''} at {binary}" + \
+            (f"; {sees}" if sees else "")
+
+    def _verify(self, ctx: Context, prefix, binary) -> str | None:
+        """The backend's check that the install works here; one that does not is removed whole
+        (a GPU build running on the CPU must never be recorded as the GPU backend)."""
+        from .backends.base import InstallRejected
+
+        try:
+            return self.backend.verify_install(binary, self.spec.variant)
+        except InstallRejected:
+            shutil.rmtree(prefix, ignore_errors=True)
+            ctx.ledger.forget_resource(prefix)
+            ctx.ledger.save()
+            raise
 
     def version(self, ctx: Context) -> str | None:
         return (ctx.ledger.artifact(self.id) or {}).get("version")
@@ -150,6 +165,49 @@ class ModelStep(Step):
 
 
 Content = Union[str, Callable[[], str]]
+
+
+class RepoStep(Step):
+    """A whole Hugging Face repo (what vLLM serves) in the Hub cache under farmhand's store, which
+    the backend then reads offline (HF_HUB_OFFLINE=1): fetched once, by farmhand, with the token
+    from the environment; a re-run makes no network call."""
+
+    def __init__(self, name: str, source: str):
+        self.name, self.source = name, source
+        self.id = f"model:{name}"
+
+    def _dir(self, ctx: Context) -> Path:
+        from .sources import hf
+
+        return ctx.paths.hf_home / "hub" / ("models--" + hf.parse(self.source).repo.replace("/", "--"))
+
+    def check(self, ctx: Context) -> Status:
+        record = ctx.ledger.artifact(self.id) or {}
+        repo_dir = self._dir(ctx)
+        snapshot = repo_dir / "snapshots" / str(record.get("revision"))
+        if record.get("source") == self.source and snapshot.is_dir():
+            return Status(True, f"{self.source} at {record['revision'][:12]} in {repo_dir}")
+        return Status(False, f"will download {self.source} into {repo_dir}")
+
+    def apply(self, ctx: Context) -> str:
+        from .sources import SourceFailed, hf
+
+        ensure_dir(ctx.paths.hf_home, ctx.ledger, self.id)
+        repo_dir = self._dir(ctx)
+        ctx.ledger.add_resource("model", repo_dir, self.id)
+        try:
+            repo_dir = hf.fetch_repo(self.source, ctx.paths.hf_home, ctx.report)
+        except SourceFailed as exc:
+            from .errors import EnvironmentProblem
+
+            raise EnvironmentProblem(f"{self.name}: {exc}") from None
+        ref = hf.parse(self.source).revision
+        ref_file = repo_dir / "refs" / ref
+        revision = ref_file.read_text().strip() if ref_file.exists() else ref
+        size = sum(p.stat().st_size for p in (repo_dir / "blobs").glob("*"))
+        ctx.ledger.set_artifact(self.id, {"path": str(repo_dir), "kind": "repo", "size": size, "sha256": None,
+                                          "revision": revision, "source": self.source})
+        return f"{self.source} at {revision[:12]} ({size / 1e6:.0f} MB) in {repo_dir}"
 
 
 class FileStep(Step):

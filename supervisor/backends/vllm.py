@@ -1,16 +1,27 @@
 """vLLM: `vllm serve REPO --host --port --served-model-name`, ready on GET /health.
 
-One model per process; a model too large for one GPU is split with tensor parallelism over a
-power of two of them. vLLM takes a fraction of each GPU (--gpu-memory-utilization): the
-fraction the memory plan left for it, so a GPU shared with another runtime is not claimed
-whole. Models are Hugging Face repos (hf://ORG/REPO), fetched by vLLM into HF_HOME under
-farmhand's store. Install is pip `vllm` in its own venv; not automated yet, so a host must
-have `vllm` on PATH.
+Install (method `pip`, the default): `vllm==VERSION` into a venv of its own (never farmhand's),
+with the torch build for the host's CUDA from the PyTorch index vLLM's docs name, chosen from
+the driver's CUDA version in the facts; `uv` installs it when the host has uv (much faster for
+a multi-GB torch stack), else pip. `install: {index_url, extra_index_urls}` (or
+FARMHAND_MIRROR_PYPI) point it at mirrors. Hosts it cannot run on are refused at plan time,
+so the profile falls back: compute capability below MIN_COMPUTE, a driver older than the
+oldest CUDA build, ROCm with a Python other than 3.12 (its only wheels), CPU without AVX-512.
+
+One model per process; a model too large for one GPU is split with tensor parallelism. vLLM
+takes a fraction of each GPU (--gpu-memory-utilization): the fraction the memory plan left for
+it, so a GPU shared with another runtime is not claimed whole. Models are Hugging Face repos
+(hf://ORG/REPO[@REV]) that farmhand downloads into HF_HOME under its store (steps.RepoStep);
+vLLM then reads them offline (HF_HUB_OFFLINE=1), so a start never re-resolves a revision.
+Starting takes minutes (weights, graph capture): a long start timeout, and the supervisor's
+readiness probe backs off as the wait grows.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from .. import sources
@@ -32,6 +43,30 @@ if TYPE_CHECKING:
     from ..selection import RuntimePlan, ServedModel
 
 MAX_GPU_UTILIZATION = 0.9
+VERSION = "0.21.0"
+MIN_COMPUTE = (7, 5)  # vLLM's docs: compute capability 7.5 or higher
+# PyTorch's CUDA builds (download.pytorch.org/whl/cuXYZ), newest first: the newest one the
+# driver runs is used.
+TORCH_CUDA = ((12, 9), (12, 8), (12, 6))
+TORCH_INDEX = "https://download.pytorch.org/whl/{build}"
+ROCM_INDEX = "https://wheels.vllm.ai/rocm/"
+ROCM_PYTHON = (3, 12)
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in str(text).split(".")[:2])
+    except ValueError:
+        return ()
+
+
+def torch_build(driver_cuda: str | None) -> str | None:
+    """The PyTorch CUDA build for a driver that supports `driver_cuda` (None: none fits)."""
+    have = _version(driver_cuda)
+    for build in TORCH_CUDA:
+        if have >= build:
+            return "cu" + "".join(str(p) for p in build)
+    return None
 
 
 class Vllm(Backend):
@@ -39,7 +74,8 @@ class Vllm(Backend):
     default_port = 11541
     executable = "vllm"
     variants = ("cuda", "rocm", "cpu")
-    install_methods = ("path",)
+    install_methods = ("pip", "path")
+    reads_hf_cache = True
     models_per_process = 1
     split = "tensor"
     start_timeout_s = 900.0  # loading weights and compiling graphs takes minutes
@@ -51,6 +87,39 @@ class Vllm(Backend):
                         "--gpu-memory-utilization": "the memory plan sets it (memory.gpu_fraction)",
                         "--tensor-parallel-size": "the memory plan sets it (gpus)"}
     controlled_env = {"VLLM_API_KEY": USE_KEY}
+
+    def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
+        if method != "pip":
+            return super().install_params(method, variant, facts, declared)
+        version = str(declared.get("version") or VERSION)
+        params: dict = {"package": "vllm", "version": version, "binary": "bin/vllm",
+                        "index_url": os.environ.get("FARMHAND_MIRROR_PYPI") or None,
+                        "use_uv": bool((facts.get("tools") or {}).get("uv")), "unsupported": None}
+        if variant == "cuda":
+            nvidia = [g for g in facts.get("gpus") or [] if g.get("vendor") == "nvidia"]
+            caps = [g.get("compute_capability") for g in nvidia if g.get("compute_capability")]
+            low = [c for c in caps if _version(c) < MIN_COMPUTE]
+            driver = next((g.get("cuda_version") for g in nvidia if g.get("cuda_version")), None)
+            # No driver version known (an old recording): vLLM's own default build.
+            build = torch_build(driver or ".".join(map(str, TORCH_CUDA[0])))
+            if low:
+                params["unsupported"] = (f"compute capability {low[0]} is below the "
+                                         f"{'.'.join(map(str, MIN_COMPUTE))} that vLLM {version} needs")
+            elif build is None:
+                params["unsupported"] = (f"the driver supports CUDA {driver}; vLLM {version}'s PyTorch needs CUDA "
+                                         f"{'.'.join(map(str, TORCH_CUDA[-1]))} or newer: update the NVIDIA driver")
+            params |= {"torch_backend": build, "extra_index_urls": [TORCH_INDEX.format(build=build)] if build else []}
+        elif variant == "rocm":
+            if sys.version_info[:2] != ROCM_PYTHON:
+                params["unsupported"] = (f"vLLM's ROCm wheels need Python {'.'.join(map(str, ROCM_PYTHON))} and farmhand "
+                                         f"runs on {sys.version_info[0]}.{sys.version_info[1]} (its venvs use that "
+                                         "Python): run farmhand with python3.12")
+            params["extra_index_urls"] = [ROCM_INDEX]
+        else:
+            isa = (facts.get("cpu") or {}).get("isa") or {}
+            if isa and not isa.get("avx512"):
+                params["unsupported"] = "vLLM's CPU build needs AVX-512 (it dies with SIGILL on AVX2-only CPUs)"
+        return params
 
     def usable_sources(self, model: ModelSpec) -> list[str]:
         return [uri for uri in model.sources if sources.scheme_of(uri) == "hf" and not sources.get(uri).delivers_file(uri)]
@@ -77,7 +146,17 @@ class Vllm(Backend):
         if len(runtime.devices) > 1:
             argv += ["--tensor-parallel-size", str(len(runtime.devices))]
         argv += list(runtime.decl.args)
-        env = {"HF_HOME": str(paths.hf_home)} | self.visible_devices(runtime) | dict(runtime.decl.env)
+        revision = sources_revision(self.usable_sources(served.model)[0])
+        if revision:
+            argv[3:3] = ["--revision", revision]
+        # The repo is in farmhand's store already (RepoStep): vLLM reads it and never re-resolves.
+        env = {"HF_HOME": str(paths.hf_home), "HF_HUB_OFFLINE": "1"} | self.visible_devices(runtime) | \
+            dict(runtime.decl.env)
         if runtime.decl.api_key_env:
             env["VLLM_API_KEY"] = "${env:" + runtime.decl.api_key_env + "}"
         return Launch(argv, env, tuple(notes))
+
+
+def sources_revision(uri: str) -> str | None:
+    """The revision an hf:// repo URI pins (hf://ORG/REPO@REV), or None."""
+    return uri.partition("@")[2] or None

