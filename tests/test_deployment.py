@@ -103,7 +103,7 @@ CASES = {
         runtimes=[("vllm", 11541, ["serve", "Qwen/Qwen2.5-72B-Instruct", "--host", "127.0.0.1", "--port", "11541",
                                    "--served-model-name", "qwen2.5-72b", "--max-model-len", "32768",
                                    "--allowed-origins", '["http://127.0.0.1:8000"]', "--gpu-memory-utilization", "0.90", "--tensor-parallel-size", "2"],
-                   {"HF_HOME": "~/data/models/huggingface", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                   {"HF_HOME": "~/data/models/huggingface", "HF_HUB_OFFLINE": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                     "CUDA_VISIBLE_DEVICES": "0,1"}, ["gpu0", "gpu1"])],
         entries=[("default", "openai", "qwen2.5-72b", "http://127.0.0.1:11541/v1", None, True)]),
     "vLLM sharing its GPU claims only its share": dict(
@@ -113,7 +113,7 @@ CASES = {
         runtimes=[("vllm", 11541, ["serve", "Qwen/Qwen2.5-7B-Instruct", "--host", "127.0.0.1", "--port", "11541",
                                    "--served-model-name", "qwen2.5-7b-instruct", "--max-model-len", "16384",
                                    "--allowed-origins", '["http://127.0.0.1:8000"]', "--gpu-memory-utilization", "0.89"],
-                   {"HF_HOME": "~/data/models/huggingface", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                   {"HF_HOME": "~/data/models/huggingface", "HF_HUB_OFFLINE": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                     "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"]),
                   ("llama-server", 11550, gemma(4096, extra=("-ngl", "999"), roles=("fast",)),
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"])],
