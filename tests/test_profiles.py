@@ -44,7 +44,7 @@ SCENARIOS = {
                                "unified_memory": True}]),
                    "apple", "ollama", "llama3.2-3b"),
     "amd npu": (host(32, gpus=[amd("Radeon 890M", 4, "gfx1150")], npus=[{"vendor": "amd", "name": "XDNA2"}]),
-                "amd-npu", "lemonade", "llama-3.2-3b-instruct-hybrid"),
+                "amd-npu", "lemonade", "gemma3-1b-flm"),
     "amd npu without driver": (host(32, npus=[{"vendor": "amd", "name": "XDNA2", "note": "no NPU driver loaded"}]),
                                "cpu-large", "llama-server", "llama-3.2-3b-instruct"),
     "cpu 24 GB": (host(24), "cpu-large", "llama-server", "llama-3.2-3b-instruct"),

@@ -3,7 +3,8 @@
 An install is one archive or several unpacked over each other in order (Ollama's base archive,
 then its `-rocm` or `-jetpack6` add-on). Each archive's sha256 is pinned in the install
 settings or read from the release's checksum file (`sha256sums`, fetched first: a name it does
-not list is refused). Each archive is downloaded into farmhand's cache (resumed after a cut)
+not list is refused); a release without one (Lemonade) names GitHub's release API instead,
+whose `assets[].digest` is the sha256 GitHub computed at upload. Each archive is downloaded into farmhand's cache (resumed after a cut)
 and its digest checked before a byte is unpacked; all are extracted safely (extract.py) into
 `<key>.partial`, which is renamed to the install's directory only when complete, and the
 downloads are then deleted. The directory name carries the install's key, so a new version
@@ -55,6 +56,24 @@ def parse_sha256sums(text: str) -> dict[str, str]:
         name = parts[1].strip().lstrip("*").rsplit("/", 1)[-1]
         sums[name] = parts[0].lower()
     return sums
+
+
+def parse_release_digests(text: str) -> dict[str, str]:
+    """GitHub's release API answer (`assets[].name`, `assets[].digest` = "sha256:<hex>") ->
+    {name: hex}: the digest GitHub computed when the asset was uploaded, for releases that
+    publish no checksum file."""
+    import json
+
+    try:
+        assets = json.loads(text).get("assets") or []
+    except (ValueError, AttributeError):
+        return {}
+    out = {}
+    for asset in assets:
+        digest = str(asset.get("digest") or "")
+        if digest.startswith("sha256:") and HEX64.match(digest[7:].lower()):
+            out[str(asset.get("name"))] = digest[7:].lower()
+    return out
 
 
 def mirrored(url: str) -> str:
@@ -158,7 +177,8 @@ class ArchiveInstaller(Installer):
             download(mirrored(url), sums_file, Expect(), label="sha256sums", report=report)
         except FetchFailed as exc:
             raise FarmhandError(f"{spec.backend}: fetching the release checksums {mirrored(url)} failed: {exc}") from None
-        sums = parse_sha256sums(sums_file.read_text(errors="replace"))
+        text = sums_file.read_text(errors="replace")
+        sums = parse_release_digests(text) if text.lstrip().startswith("{") else parse_sha256sums(text)
         sums_file.unlink(missing_ok=True)
         ledger.forget_resource(sums_file)
         out = []

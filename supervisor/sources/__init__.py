@@ -123,11 +123,12 @@ def scheme_of(uri: str) -> str:
 
 
 def get(uri: str) -> Source:
-    from . import file, hf, http, ollama, pip
+    from . import file, hf, http, lemonade, ollama, pip
 
     registry: dict[str, Source] = {s.scheme: s for s in (pip.PipSource(), http.HttpSource("https"),
                                                          http.HttpSource("http"), hf.HfSource(),
-                                                         file.FileSource(), ollama.OllamaSource())}
+                                                         file.FileSource(), ollama.OllamaSource(),
+                                                         lemonade.LemonadeSource())}
     try:
         return registry[scheme_of(uri)]
     except KeyError:
