@@ -505,11 +505,12 @@ def status_body(paths) -> dict:
 def _external_state(role: dict, body: dict) -> str:
     from .backends import get_backend
 
-    version = get_backend(role["backend"]).running_version(role["url"])
+    backend = get_backend(role["backend"])
+    version = backend.running_version(role["url"])
     if version:
         return f"ready (not farmhand's; {role['backend']} {version})"
     body["warnings"].append(f"role {role['role']}: the {role['backend']} at {role['url']} (not farmhand's) does not "
-                            f"answer; start it (systemctl start {role['backend']})")
+                            f"answer; start it ({backend.start_advice()})")
     if body["status"] in ("ok", "down"):
         body["status"] = "degraded"
     return "NOT ANSWERING (not farmhand's)"

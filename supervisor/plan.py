@@ -211,7 +211,7 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
 
             raise EnvironmentProblem(
                 f"the {backend.name} at {url} that runtime {decl.name} uses (farmhand did not start it) does not "
-                f"answer: start it again (systemctl start {backend.name}), or re-run with --reselect to let "
+                f"answer: start it again ({backend.start_advice()}), or re-run with --reselect to let "
                 f"farmhand install its own; nothing was changed")
         if pinned or not live:  # farmhand ran its own last time: keep doing so
             return None

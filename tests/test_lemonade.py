@@ -49,6 +49,16 @@ def test_the_embeddable_release_for_a_host():
     assert "built for Linux" in installers.problem_of(mac, None)
 
 
+def test_an_xdna1_npu_falls_back_to_llama_server_with_the_reason(tmp_path):
+    from planning import build, default_choice, oracle
+
+    facts = host(npus=[{"vendor": "amd", "name": "AMD XDNA NPU (Phoenix/Hawk Point)", "pci_id": "1022:1502"}])
+    plan = build(tmp_path, facts, oracle_=oracle(facts=facts))
+    assert default_choice(plan) == ("amd-npu", "llama-server", "gemma3-270m")
+    assert "FLM, which needs an XDNA2 NPU (Strix, Krackan); this host has AMD XDNA NPU (Phoenix/Hawk Point)" in \
+        " ".join(plan.selection.skipped["default"])
+
+
 def test_github_release_digests():
     text = '{"assets": [{"name": "a.tar.gz", "digest": "sha256:' + "A" * 64 + '"}, {"name": "b", "digest": null},' \
            ' {"name": "c", "digest": "sha1:abc"}]}'
@@ -151,6 +161,66 @@ def test_a_tarball_that_is_not_what_github_recorded_is_refused(farmhand, lemonad
     backends = farmhand.home / "data" / "backends"
     assert not backends.exists() or not [p for p in backends.rglob("*") if p.is_file()]
     assert not home_processes(farmhand.home)
+
+
+@pytest.mark.e2e
+def test_a_lemonade_already_running_is_adopted_not_replaced(farmhand, llama_server_binary, lemonade_site, tmp_path):
+    import subprocess
+    import tarfile
+
+    from supervisor.ports import is_free
+
+    if not is_free(11534):
+        pytest.skip("port 11534 is taken on this machine: the system Lemonade this test plays cannot start")
+    www, mirror, hub = lemonade_site
+    with tarfile.open(release(www, "11.7.0", REGISTRY)) as tf:
+        tf.extractall(tmp_path / "system", filter="data")
+    (lemond,) = (tmp_path / "system").glob("*/lemond")
+    cache = tmp_path / "system-cache"
+    env = os.environ | {"LEMONADE_HOST": "127.0.0.1", "LEMONADE_PORT": "11534", "LEMONADE_CACHE_DIR": str(cache),
+                        "HF_HOME": str(tmp_path / "system-hf"), "HF_ENDPOINT": f"http://127.0.0.1:{hub.port}",
+                        "FAKE_LEMONADE_RUNNER": str(llama_server_binary)}
+    system = subprocess.Popen([str(lemond)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        wait_for(lambda: lemonade_backend.Lemonade().running_version("http://127.0.0.1:11534"), timeout=15,
+                 what="the system Lemonade")
+        o = tmp_path / "overrides.yaml"
+        o.write_text(yaml.safe_dump({"mirrors": {"https": f"http://127.0.0.1:{mirror.port}"},
+                                     "supervisor": {"port": 0}}))
+        # Live, since only a live host has servers to adopt: this machine, told to use amd-npu.
+        args = ("--profile", "amd-npu", "--overrides", str(o))
+        plan = farmhand.run("plan", *args, check=True)
+        assert "using the lemonade already running at 127.0.0.1:11534 (version 11.7.0)" in plan.stdout, plan.stdout
+        summary = farmhand.json("apply", "--yes", *args, timeout=600)
+        (rt,) = summary["runtimes"]
+        assert (rt["managed"], rt["version"]) == (False, "11.7.0")
+        assert not (farmhand.home / "data" / "backends").exists()  # nothing installed
+        assert "gemma3-1b-FLM" in json_of(cache / "fake_downloaded.json")  # pulled into its own store
+        status = farmhand.json("status")
+        assert status["runtimes"] == [] and [r["state"] for r in status["roles"]] == [
+            "ready (not farmhand's; lemonade 11.7.0)"]
+        assert farmhand.json("apply", "--yes", *args)["changed"] is False
+
+        result = farmhand.json("destroy", "--yes", "--purge-models")
+        assert any("11534" in k and "gemma3-1b-FLM" in k for k in result["kept"]), result["kept"]
+        assert system.poll() is None and "gemma3-1b-FLM" in json_of(cache / "fake_downloaded.json")
+
+        farmhand.json("apply", "--yes", *args, timeout=600)
+        system.terminate()
+        system.wait(15)
+        proc = farmhand.run("apply", "--yes", *args)
+        assert proc.returncode == 6 and "start it again (systemctl start lemond)" in proc.stderr, proc.stderr
+    finally:
+        if system.poll() is None:
+            system.terminate()
+            system.wait(15)
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def test_fake_lemond_is_stdlib_only():

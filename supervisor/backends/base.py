@@ -105,6 +105,7 @@ class Backend:
     variants: tuple[str, ...] = ("cpu",)
     install_methods: tuple[str, ...] = ("path",)  # the first is the default
     adopts_running: bool = False  # method `auto` uses a server of this backend already running here
+    service: str = ""  # the systemd unit its packages install (for "start it again" advice)
     models_per_process: int | None = 1  # None: any number (it loads and unloads on demand)
     split: str | None = None  # how one model spans GPUs: "layer" | "tensor" | "scheduler"
     default_ctx: int = 4096
@@ -117,8 +118,14 @@ class Backend:
 
     # --- installation -----------------------------------------------------------------------
     def resolve_method(self, method: str, facts: dict) -> str:
-        """The install method `auto` stands for on this host (backends that offer `auto`)."""
-        return method
+        """The install method `auto` stands for on this host (backends that offer `auto`; a
+        server already running was adopted before this): the executable on PATH, else the
+        first method that installs one."""
+        if method != "auto":
+            return method
+        if (facts.get("tools") or {}).get(self.executable):
+            return "path"
+        return next(m for m in self.install_methods if m not in ("auto", "path"))
 
     def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
         """This backend's parameters for an install method on this host (the user's install
@@ -131,6 +138,9 @@ class Backend:
         method = self.resolve_method(decl.install["method"], facts)
         params = self.install_params(method, decl.variant, facts, declared) | declared
         return InstallSpec.make(self.name, method, decl.variant, params)
+
+    def start_advice(self) -> str:
+        return f"systemctl start {self.service or self.name}"
 
     def running_version(self, url: str) -> str | None:
         """For backends that adopt a running server: its version when one answers at `url`."""

@@ -35,6 +35,7 @@ VERSION = "11.8.0"
 RELEASES = "https://github.com/lemonade-sdk/lemonade/releases/download/v{version}"
 RELEASE_API = "https://api.github.com/repos/lemonade-sdk/lemonade/releases/tags/v{version}"
 ARCHES = {"x86_64": "x64", "arm64": "arm64"}
+XDNA2_NPUS = {"1022:17f0"}  # PCI ids of XDNA2 NPUs (facts/parsers.py NPU_IDS)
 # llama.cpp backend Lemonade uses for each variant (the `npu` variant runs FLM models on the NPU).
 LLAMACPP_BACKENDS = {"vulkan": "vulkan", "rocm": "rocm", "cpu": "cpu"}
 
@@ -51,6 +52,7 @@ class Lemonade(Backend):
     variants = ("npu", "vulkan", "rocm", "cpu")
     install_methods = ("auto", "archive", "path")
     adopts_running = True
+    service = "lemond"
     models_per_process = None
     own_store = True
     supports_api_key = False
@@ -61,13 +63,16 @@ class Lemonade(Backend):
                       "HF_HOME": "models live in farmhand's store"}
 
     # --- installation -----------------------------------------------------------------------
-    def resolve_method(self, method: str, facts: dict) -> str:
-        if method != "auto":
-            return method
-        tools = facts.get("tools") or {}
-        return "path" if tools.get(self.executable) else "archive"
-
     def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
+        params = self._install_params(method, variant, facts, declared)
+        if variant == "npu" and not params.get("unsupported"):
+            npus = [n for n in facts.get("npus") or [] if str(n.get("pci_id", "")).startswith("1022:")]
+            if npus and not any(n.get("pci_id") in XDNA2_NPUS for n in npus):
+                params["unsupported"] = (f"Lemonade runs models on the NPU on Linux with FLM, which needs an XDNA2 "
+                                         f"NPU (Strix, Krackan); this host has {npus[0].get('name')}")
+        return params
+
+    def _install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
         if method != "archive":
             return super().install_params(method, variant, facts, declared)
         version = str(declared.get("version") or VERSION).lstrip("v")

@@ -97,12 +97,6 @@ class Ollama(Backend):
                       "OLLAMA_NUM_PARALLEL": "the memory plan sizes one context per model"}
 
     # --- installation -----------------------------------------------------------------------
-    def resolve_method(self, method: str, facts: dict) -> str:
-        if method != "auto":
-            return method
-        tools = facts.get("tools") or {}
-        return "path" if tools.get(self.executable) else "archive"
-
     def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
         if method != "archive":
             return super().install_params(method, variant, facts, declared)

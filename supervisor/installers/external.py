@@ -29,8 +29,9 @@ class ExternalInstaller(Installer):
         url = spec.get("url")
         version = get_backend(spec.backend).running_version(url)
         if version is None:
-            return False, (f"the {spec.backend} at {url} does not answer: start it again (systemctl start "
-                           f"{spec.backend}), or re-run with --reselect to let farmhand install its own")
+            return False, (f"the {spec.backend} at {url} does not answer: start it again "
+                           f"({get_backend(spec.backend).start_advice()}), or re-run with --reselect to let farmhand "
+                           "install its own")
         host = url.split("://", 1)[-1]
         return True, f"using the {spec.backend} already running at {host} (version {version}); farmhand leaves it alone"
 

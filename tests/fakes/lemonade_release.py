@@ -17,7 +17,8 @@ FAKE = Path(__file__).with_name("fake_lemond.py")
 
 def release(root: Path, version: str, registry: dict, digest: str | None = None) -> Path:
     folder = f"lemonade-embeddable-{version}-ubuntu-x64"
-    lemond = FAKE.read_text().replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1)
+    lemond = FAKE.read_text().replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1) \
+        .replace('VERSION = "11.8.0"', f'VERSION = "{version}"', 1)
     cli = f"#!/bin/sh\nexec {sys.executable} \"$(dirname \"$0\")/lemond\" \"$@\"\n"
     members = {f"{folder}/lemond": (lemond.encode(), 0o755), f"{folder}/lemonade": (cli.encode(), 0o755),
                f"{folder}/resources/server_models.json": (json.dumps(registry).encode(), 0o644)}
