@@ -643,11 +643,9 @@ def _pull_repo(paths, source: str, name: str | None, as_json: bool, no_wait: boo
         repo_dir = hf.fetch_repo(source, paths.hf_home, report)
     finally:
         report.close()
-    revision = (repo_dir / "refs" / repo.revision).read_text().strip() if (repo_dir / "refs" / repo.revision).exists() \
-        else repo.revision
-    size = sum(p.stat().st_size for p in (repo_dir / "blobs").glob("*"))
-    ledger.set_artifact(f"model:{name}", {"path": str(repo_dir), "kind": "repo", "size": size, "sha256": None,
-                                          "revision": revision, "source": source})
+    record = hf.repo_record(repo_dir, source)
+    revision, size = record["revision"], record["size"]
+    ledger.set_artifact(f"model:{name}", record)
     ledger.save()
     result = {"name": name, "file": str(repo_dir), "size": size, "revision": revision, "source": source,
               "seconds": round(time.monotonic() - t0, 2)}

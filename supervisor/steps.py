@@ -201,12 +201,9 @@ class RepoStep(Step):
             from .errors import EnvironmentProblem
 
             raise EnvironmentProblem(f"{self.name}: {exc}") from None
-        ref = hf.parse(self.source).revision
-        ref_file = repo_dir / "refs" / ref
-        revision = ref_file.read_text().strip() if ref_file.exists() else ref
-        size = sum(p.stat().st_size for p in (repo_dir / "blobs").glob("*"))
-        ctx.ledger.set_artifact(self.id, {"path": str(repo_dir), "kind": "repo", "size": size, "sha256": None,
-                                          "revision": revision, "source": self.source})
+        record = hf.repo_record(repo_dir, self.source)
+        ctx.ledger.set_artifact(self.id, record)
+        revision, size = record["revision"], record["size"]
         return f"{self.source} at {revision[:12]} ({size / 1e6:.0f} MB) in {repo_dir}"
 
 

@@ -164,6 +164,14 @@ def fetch_repo(uri: str, hf_home: Path, report) -> Path:
     return hf_home / "hub" / ("models--" + f.repo.replace("/", "--"))
 
 
+def repo_record(repo_dir: Path, uri: str) -> dict:
+    """The ledger's record of a repo in the Hub cache: the commit its revision resolved to, its size."""
+    ref_file = repo_dir / "refs" / parse(uri).revision
+    revision = ref_file.read_text().strip() if ref_file.exists() else parse(uri).revision
+    size = sum(p.stat().st_size for p in (repo_dir / "blobs").glob("*"))
+    return {"path": str(repo_dir), "kind": "repo", "size": size, "sha256": None, "revision": revision, "source": uri}
+
+
 def verify_repo(repo_dir: Path) -> list[str]:
     """Files of a cached repo whose content no longer matches the digest their blob is named by
     (sha256 for large files, the git blob sha1 for small ones); empty when all match."""

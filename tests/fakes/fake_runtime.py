@@ -24,6 +24,7 @@ parser.add_argument("--stop-delay", type=float, default=0.0, help="take this lon
 parser.add_argument("--fork-child", action="store_true", help="leave a background child in the session")
 parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 parser.add_argument("--model-file", help="a model file it claims to serve (not read)")
+parser.add_argument("--log-probes", action="store_true", help="print a line per health request (to count them)")
 args = parser.parse_args()
 
 if args.child:  # the background child: lives until signalled
@@ -57,6 +58,8 @@ if args.crash_after is not None:
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         ready = time.monotonic() - started >= args.ready_after
+        if args.log_probes:
+            print(f"probe {self.path} {'ready' if ready else 'loading'}", flush=True)
         routes = {
             "/health": {"status": "ok"},
             "/api/version": {"version": "0.12.0-fake"},
