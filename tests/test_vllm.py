@@ -92,6 +92,24 @@ def test_the_launch_reads_the_fetched_repo_offline_at_its_pinned_revision(tmp_pa
     assert "model:qwen2.5-7b-instruct" in [s.id for s in plan.steps]
 
 
+def test_the_launch_serves_the_source_selection_chose(tmp_path):
+    """The first repo does not answer here; the second (pinned) one is what is fetched and served."""
+    over = {"models": {"qwen2.5-7b-instruct": {"sources": ["hf://Qwen/Qwen2.5-7B-Instruct",
+                                                           "hf://mirror-org/Qwen2.5-7B-Instruct@" + "b" * 40]}}}
+    facts = host(gpus=[gpu("9.0", "13.0")])
+
+    def second_only(model, backend, server=None):
+        usable = [u for u in backend.usable_sources(model) if "mirror-org" in u or not u.startswith("hf://Qwen/")]
+        return (True, "reachable", usable[0]) if usable else (False, "no source reachable", "")
+
+    plan = build(tmp_path, facts, oracle_=oracle(available=second_only, facts=facts), overrides=over)
+    spec = next(r for r in plan.renderer.render().runtimes if r.backend == "vllm")
+    assert list(spec.argv[1:3]) == ["serve", "mirror-org/Qwen2.5-7B-Instruct"]
+    assert spec.argv[spec.argv.index("--revision") + 1] == "b" * 40
+    step = next(s for s in plan.steps if s.id == "model:qwen2.5-7b-instruct")
+    assert step.source == "hf://mirror-org/Qwen2.5-7B-Instruct@" + "b" * 40
+
+
 # --- end to end ------------------------------------------------------------------------------
 @pytest.fixture
 def vllm_site(tmp_path, gemma_gguf):

@@ -20,7 +20,6 @@ readiness probe backs off as the wait grows.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -93,7 +92,6 @@ class Vllm(Backend):
             return super().install_params(method, variant, facts, declared)
         version = str(declared.get("version") or VERSION)
         params: dict = {"package": "vllm", "version": version, "binary": "bin/vllm",
-                        "index_url": os.environ.get("FARMHAND_MIRROR_PYPI") or None,
                         "use_uv": bool((facts.get("tools") or {}).get("uv")), "unsupported": None}
         if variant == "cuda":
             nvidia = [g for g in facts.get("gpus") or [] if g.get("vendor") == "nvidia"]
@@ -124,9 +122,13 @@ class Vllm(Backend):
     def usable_sources(self, model: ModelSpec) -> list[str]:
         return [uri for uri in model.sources if sources.scheme_of(uri) == "hf" and not sources.get(uri).delivers_file(uri)]
 
+    def source(self, served: ServedModel) -> str:
+        """The hf:// repo URI this runtime serves: the one selection chose (and RepoStep fetched)."""
+        chosen = served.effective_source
+        return chosen if chosen in self.usable_sources(served.model) else self.usable_sources(served.model)[0]
+
     def repo(self, served: ServedModel) -> str:
-        uri = self.usable_sources(served.model)[0]
-        return uri[len("hf://"):].split("@")[0]
+        return self.source(served)[len("hf://"):].split("@")[0]
 
     def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
@@ -146,7 +148,7 @@ class Vllm(Backend):
         if len(runtime.devices) > 1:
             argv += ["--tensor-parallel-size", str(len(runtime.devices))]
         argv += list(runtime.decl.args)
-        revision = sources_revision(self.usable_sources(served.model)[0])
+        revision = sources_revision(self.source(served))
         if revision:
             argv[3:3] = ["--revision", revision]
         # The repo is in farmhand's store already (RepoStep): vLLM reads it and never re-resolves.

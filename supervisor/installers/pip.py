@@ -63,7 +63,10 @@ class PipInstaller(Installer):
                 requirement, extra = [str(wheel)], ["--no-deps", "--no-index"]
             else:
                 requirement = [f"{spec.get('package')}=={spec.get('version')}"]
-                extra = ([f"--index-url={spec.get('index_url')}"] if spec.get("index_url") else []) + \
+                # A site's PyPI mirror is where the bytes come from, not what is installed: read
+                # when installing, so a new mirror does not make a new install.
+                index = spec.get("index_url") or os.environ.get("FARMHAND_MIRROR_PYPI")
+                extra = ([f"--index-url={index}"] if index else []) + \
                     [f"--extra-index-url={url}" for url in spec.get("extra_index_urls", [])]
             _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")], ledger)
             python = str(staging / "venv" / "bin" / "python")
