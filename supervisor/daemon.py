@@ -118,7 +118,9 @@ class Supervisor:
     def __init__(self, paths: Paths, spec: SupervisorSpec):
         self.paths = paths
         self.spec = spec
-        self.events: queue.Queue = queue.Queue()
+        # SimpleQueue: signal handlers put events too, and Queue.put can deadlock when a signal
+        # lands while the main thread holds Queue's lock inside get(); SimpleQueue.put is reentrant.
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.runtimes = [Runtime(s, paths) for s in spec.runtimes]
         self.lock = threading.Lock()
         self.started = time.monotonic()
