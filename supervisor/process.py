@@ -159,10 +159,12 @@ def signal_session(ident: Identity, sig: int) -> int:
         pass
     for proc in session_members(ident):  # members that moved to their own process group
         try:
+            if os.getpgid(proc.pid) == ident.sid:
+                continue  # killpg reached it: a second SIGTERM makes llama-server quit without cleanup
             proc.send_signal(sig)
             sent += 1
-        except psutil.Error:
-            pass
+        except (psutil.Error, ProcessLookupError):
+            continue
     return sent
 
 

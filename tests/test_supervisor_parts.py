@@ -163,3 +163,50 @@ def test_specs_round_trip_and_digest_changes_with_content():
     again = SupervisorSpec.from_json(json.loads(spec.text()))
     assert again == spec and again.digest == spec.digest
     assert SupervisorSpec((rt,), port=11546).digest != spec.digest
+
+
+def test_stop_signal_reaches_each_session_member_once(tmp_path):
+    """killpg reaches the leader's group; the sweep for members in other groups must skip those,
+    or llama-server sees a second SIGTERM ("terminating immediately") and skips its cleanup."""
+    import signal
+
+    from conftest import wait_for
+
+    from supervisor.process import identity_of, signal_session
+
+    log = tmp_path / "signals"
+    child = textwrap.dedent(f"""
+        import os, signal, subprocess, sys, time
+        def on_term(sig, frame):
+            with open({str(log)!r}, "a") as fh:
+                fh.write(f"{{os.getpid()}}\\n")
+        signal.signal(signal.SIGTERM, on_term)
+        if sys.argv[1:] == ["leader"]:
+            # one member in the leader's group, one in a group of its own
+            subprocess.Popen([sys.executable, __file__, "member"])
+            subprocess.Popen([sys.executable, __file__, "member"], preexec_fn=os.setpgrp)
+        with open({str(tmp_path / "ready")!r}, "a") as fh:
+            fh.write(f"{{os.getpid()}}\\n")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    """)
+    script = tmp_path / "child.py"
+    script.write_text(child)
+    proc = subprocess.Popen([sys.executable, str(script), "leader"], start_new_session=True, stdout=subprocess.PIPE)
+    try:
+        import psutil
+
+        ready = tmp_path / "ready"
+        wait_for(lambda: ready.exists() and len(ready.read_text().split()) == 3, what="three handlers installed")
+        ident = identity_of(proc.pid)
+        assert ident is not None and ident.sid == proc.pid
+        signal_session(ident, signal.SIGTERM)
+        wait_for(lambda: log.exists() and len(log.read_text().split()) >= 3, what="three SIGTERMs")
+        pids = log.read_text().split()
+        assert sorted(pids) == sorted(set(pids)), f"a process got SIGTERM twice: {pids}"
+    finally:
+        for p in psutil.Process(proc.pid).children() if proc.poll() is None else []:
+            p.kill()
+        proc.kill()
+        proc.wait()
