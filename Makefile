@@ -20,9 +20,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e" tests
 
-# apply, plus a systemd unit on systemd hosts (detached supervisor otherwise).
+# apply, plus a systemd unit on systemd hosts (detached supervisor otherwise). ARGS go to apply
+# (make deploy ARGS="--project-dir /srv/app --overrides site.yaml").
 deploy: $(STAMP)
-	$(FH) apply --yes
+	$(FH) apply --yes $(ARGS)
 	$(PY) -m supervisor.deploy
 
 up: $(STAMP)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from . import __version__, cpulevel
 from .errors import EXIT_CHANGES_PENDING, FarmhandError
 
 
@@ -140,10 +140,16 @@ def print_facts(facts: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole snapshot as JSON.")
 @click.option("--record", type=click.Path(file_okay=False), help="Save every command output and file read to DIR.")
 @click.option("--replay", type=click.Path(exists=True, file_okay=False), help="Run the probes against a recording.")
+@click.option("--stable", is_flag=True, help="Only what changes when the host does (no free memory or disk, no "
+              "probe timings): for Ansible's facts.d and other files compared run to run.")
 @click.pass_context
-def detect(ctx, as_json, record, replay):
+def detect(ctx, as_json, record, replay, stable):
     """Gather host facts: OS, CPU, RAM, disk, GPUs and NPUs."""
     facts = gather_facts(_paths(ctx), replay=replay, record=record)
+    if stable:
+        from .facts import stable_facts
+
+        facts = stable_facts(facts)
     _emit(facts, as_json, print_facts)
     if record and not as_json:
         click.echo(f"recorded to {record} (see docs/recordings.md)")
@@ -187,13 +193,18 @@ class PortArg(click.ParamType):
         return (name or None, port)
 
 
-def _make_plan(ctx, *, profile, overrides, port, reselect, facts, project_dir, profiles_dir=None, live=True):
+def _make_plan(ctx, *, profile, overrides, port, reselect, facts, project_dir, profiles_dir=None, live=True,
+               bundled=None):
     from . import plan as planmod
     from .ledger import Ledger
 
     paths = _paths(ctx)
     ledger = Ledger(paths)
     data, source = _overrides(paths, overrides)
+    if bundled is not None:  # apply --bundle: the bundle's plan inputs, unless given here
+        profile = profile or bundled.manifest.profile
+        if overrides is None and bundled.manifest.overrides is not None:
+            data, source = bundled.manifest.overrides, f"{bundled.path} (its overrides)"
     built = planmod.build(paths, facts, ledger, project_dir=project_dir, profile_name=profile, overrides=data,
                           overrides_source=source, port_args=dict(port or ()), reselect=reselect, live=live,
                           **({"profiles_dir": Path(profiles_dir)} if profiles_dir else {}))
@@ -314,12 +325,15 @@ def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles
               help="Decide as for the host of a saved `detect --json` snapshot (prepare an image for it).")
 @click.option("--replay", type=click.Path(exists=True, file_okay=False),
               help="Decide as for a recorded host (`detect --record`); everything runs here.")
+@click.option("--bundle", "bundle_file", type=click.Path(dir_okay=False),
+              help="Install from an offline bundle (`farmhand bundle create`): no network, no build.")
 @click.pass_context
 def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, yes, no_wait, facts_file,
-          replay):
+          replay, bundle_file):
     """Converge this host to the plan: install, fetch, configure, start. Idempotent."""
     import time
 
+    from . import bundle
     from . import plan as planmod
     from .progress import Reporter
     from .steps import Context
@@ -328,8 +342,13 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     project = _project_dir(project_dir)
     _home_lock(_paths(ctx), "apply", no_wait)
     facts = gather_facts(_paths(ctx), replay=replay, facts_file=facts_file)
+    bundled = bundle.Bundle(Path(bundle_file)) if bundle_file else None
+    if bundled is not None:
+        bundled.check(facts)
+        facts["build"] = {"cpu_level": bundled.manifest.built_for.cpu_level}
+        bundle.activate(bundled)
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
-                                      facts=facts, project_dir=project, profiles_dir=profiles_dir)
+                                      facts=facts, project_dir=project, profiles_dir=profiles_dir, bundled=bundled)
     report = Reporter(json_lines=as_json)
     context = Context(paths, ledger, report, project)
     statuses = planmod.evaluate(built, context)
@@ -781,6 +800,135 @@ def destroy(ctx, purge_models, yes, as_json, no_wait):
     result = do_destroy(paths, purge_models=purge_models, lock=lock)
     _emit(result, as_json, lambda r: click.echo(
         f"removed {len(r['removed'])} path(s); kept {len(r['kept'])}" + "".join(f"\n  kept {k}" for k in r["kept"])))
+
+
+@cli.group()
+def bundle():
+    """Offline bundles: build once, install on many hosts with no network."""
+
+
+@bundle.command("create")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--profile", help="The profile to bundle (default: the one the target host would get).")
+@click.option("--overrides", type=click.Path(dir_okay=False), help="YAML merged on top of the profile.")
+@click.option("--replay", type=click.Path(exists=True, file_okay=False),
+              help="Build for a recorded host (`farmhand detect --record DIR` on it) instead of this one.")
+@click.option("--facts", "facts_file", type=click.Path(dir_okay=False), help="Build for a saved `detect --json`.")
+@click.option("--cpu-level", type=click.Choice([c for c in cpulevel.CHOICES if c != cpulevel.NATIVE]),
+              default="auto", show_default=True,
+              help="Instruction sets the llama.cpp build assumes (auto: the target's, at most x86-64-v3).")
+@click.option("--json", "as_json", is_flag=True)
+@NO_WAIT
+@click.pass_context
+def bundle_create(ctx, out, profile, overrides, replay, facts_file, cpu_level, as_json, no_wait):
+    """Write one archive with farmhand, its wheels, the built backend and the models for a target."""
+    from . import bundle as bundlemod
+    from .progress import Reporter
+
+    paths = _paths(ctx)
+    _home_lock(paths, "bundle create", no_wait)
+    facts = gather_facts(paths, replay=replay, facts_file=facts_file)
+    if cpu_level != "auto":
+        facts["build"] = {"cpu_level": cpu_level}
+    out_path = Path(out)
+    if not out_path.parent.is_dir():
+        raise FarmhandError(f"{out}: no directory {out_path.parent}", 2)
+    data, _ = _overrides(paths, overrides)
+    # The target's plan with this machine's tools: the bundle is built here, installed there.
+    facts["tools"] = gather_facts(paths).get("tools") if (replay or facts_file) else facts.get("tools")
+    paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=(), reselect=True, facts=facts,
+                                      project_dir=Path.cwd(), live=True)
+    report = Reporter(json_lines=as_json)
+    try:
+        result = bundlemod.create(out_path, paths, ledger, built, facts, report, data)
+    finally:
+        report.close()
+
+    def human(d):
+        b = d["built_for"]
+        click.echo(f"bundle {d['bundle']}: {d['bytes'] / 1e6:.0f} MB, {d['members']} members")
+        click.echo(f"  built for {b['arch']} {b['cpu_level']} ({' '.join(b['cpu_flags']) or '-'}), "
+                   f"{'/'.join(b['variants']) or 'no backend build'}, Python {b['python']}, farmhand {b['farmhand']}")
+        click.echo(f"  profile {d['profile']}; installs {', '.join(d['installs']) or '-'}; "
+                   f"models {', '.join(d['models']) or '-'}")
+        click.echo(f"install it on a host: ./bootstrap.py --bundle {Path(d['bundle']).name}")
+
+    _emit(result, as_json, human)
+
+
+@cli.group()
+def export():
+    """farmhand as input for fleet engines: cloud-init user-data, Kubernetes manifests."""
+
+
+@export.command("cloud-init")
+@click.option("--bundle-url", help="Install from this bundle (`farmhand bundle create`, served over https).")
+@click.option("--bundle-sha256", help="The bundle's sha256, checked before it is unpacked.")
+@click.option("--repo", default="https://github.com/llama-farm/farmhand.git", show_default=True,
+              help="Without a bundle: clone farmhand from here (it builds its backend on the host).")
+@click.option("--version", "version", default="main", show_default=True, help="The branch or tag to clone.")
+@click.argument("apply_args", nargs=-1, type=click.UNPROCESSED)
+def export_cloud_init(bundle_url, bundle_sha256, repo, version, apply_args):
+    """Print #cloud-config user-data: install farmhand on first boot and converge (a systemd unit,
+    logging to the journal). Arguments after -- go to apply (e.g. -- --profile cpu-small)."""
+    from . import export as exportmod
+    from .cli_checks import check_sha256, check_url
+
+    check_url("--bundle-url", bundle_url)
+    check_sha256("--bundle-sha256", bundle_sha256)
+    click.echo(exportmod.cloud_init(bundle_url=bundle_url, bundle_sha256=bundle_sha256, repo=repo, version=version,
+                                    apply_args=list(apply_args)), nl=False)
+
+
+@export.command("kubernetes")
+@click.option("--bundle-url", required=True, help="The bundle the pods install from (`farmhand bundle create`).")
+@click.option("--profile", help="The profile (default: the one the nodes' facts choose).")
+@click.option("--replay", type=click.Path(exists=True, file_okay=False), help="Plan for a recorded GPU node.")
+@click.option("--facts", "facts_file", type=click.Path(dir_okay=False), help="Plan for a saved `detect --json`.")
+@click.option("--namespace", default="farmhand", show_default=True)
+@click.option("--image", default="python:{py}-slim-bookworm", show_default=True,
+              help="A Python image matching the bundle's Python ({py}: this Python's major.minor).")
+@click.option("--node-label", default="farmhand.io/serve=true", show_default=True,
+              help="KEY=VALUE the DaemonSet's nodes carry.")
+@click.pass_context
+def export_kubernetes(ctx, bundle_url, profile, replay, facts_file, namespace, image, node_label):
+    """Print manifests: a DaemonSet running `farmhand run` on labelled nodes (store on a hostPath,
+    probes on the supervisor's /health), a Service per runtime. Validated offline; no cluster here."""
+    import re
+
+    from . import export as exportmod
+    from .backends import get_backend
+    from .backends.base import Backend
+    from .cli_checks import check_url
+
+    check_url("--bundle-url", bundle_url)
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace) or len(namespace) > 63:
+        raise FarmhandError(f"--namespace {namespace}: not a Kubernetes name (lowercase letters, digits, '-')", 2)
+    if not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9][-A-Za-z0-9_.]*=[-A-Za-z0-9_.]*", node_label):
+        raise FarmhandError(f"--node-label {node_label}: expected KEY=VALUE, a Kubernetes label", 2)
+    facts = gather_facts(_paths(ctx), replay=replay, facts_file=facts_file)
+    _, _, built = _make_plan(ctx, profile=profile, overrides=None, port=(), reselect=True, facts=facts,
+                             project_dir=Path.cwd(), live=False)
+    plan = built.to_json()
+    runtimes = []
+    for rt in plan["runtimes"]:
+        if not rt["managed"]:
+            continue
+        dns = re.sub(r"[^a-z0-9-]", "-", rt["name"].lower()).strip("-")
+        keyed = type(get_backend(rt["backend"])).api_key_env is not Backend.api_key_env
+        runtimes.append({"name": rt["name"], "port": rt["port"], "service": dns[:54], "port_name": dns[:15].strip("-"),
+                         "key": keyed, "variant": rt.get("variant")})
+    unkeyed = [r["name"] for r in runtimes if not r["key"]]
+    if unkeyed:
+        raise FarmhandError(f"runtime(s) {', '.join(unkeyed)}: their backend has no API key, so farmhand keeps them "
+                            "on loopback, and a Service could not reach them; choose a profile with llama-server or "
+                            "vLLM for Kubernetes", 5)
+    gpu = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu"}
+    resources = sorted({gpu[r["variant"]] for r in runtimes if r["variant"] in gpu})
+    click.echo(exportmod.kubernetes(
+        runtimes=runtimes, supervisor_port=plan["supervisor_port"], namespace=namespace,
+        image=image.format(py=f"{sys.version_info[0]}.{sys.version_info[1]}"), node_label=node_label,
+        bundle_url=bundle_url, gpu_resources=resources), nl=False)
 
 
 def main() -> None:

@@ -88,7 +88,9 @@ class Runtime:
         self.log = RotatingLog(paths.logs / f"{self.name}.log", spec.log_max_bytes, spec.log_backups)
 
     def transition(self, event: str) -> None:
-        self.state = next_state(self.state, event)
+        before, self.state = self.state, next_state(self.state, event)
+        if before != self.state:  # one line per change: the journal's (or the log's) history of the runtime
+            print(f"farmhand: {self.name}: {before.value} -> {self.state.value} ({event})", flush=True)
 
     def snapshot(self) -> dict:
         now = time.monotonic()
@@ -382,6 +384,7 @@ class Supervisor:
         summary = ", ".join(f"{rt.name} {rt.state.value}" for rt in self.runtimes)
         if not self.notified_ready and all(s == State.READY for s in states):
             self.notified_ready = True
+            print(f"farmhand: ready: {summary}", flush=True)
             sd_notify(f"READY=1\nSTATUS=ready: {summary}")
         else:
             sd_notify(f"STATUS={summary}")
@@ -390,6 +393,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         """Every runtime at once: its stop signal, its grace period, then SIGKILL."""
         self.shutting_down = True
+        print("farmhand: stopping every runtime", flush=True)
         sd_notify("STOPPING=1")
         targets, stopping = [], []
         for rt in self.runtimes:

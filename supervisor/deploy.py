@@ -32,37 +32,109 @@ def render_unit(paths: Paths, python: str = sys.executable) -> str:
     )
 
 
+UNIT = "farmhand.service"
+
+
+def system_scope(paths: Paths) -> bool:
+    """A system unit for a system install, and for root (root has no user manager to run one)."""
+    return paths.mode == "system" or os.geteuid() == 0
+
+
 def unit_path(paths: Paths) -> Path:
-    if paths.mode == "system":
-        return Path("/etc/systemd/system/farmhand.service")
-    return Path.home() / ".config" / "systemd" / "user" / "farmhand.service"
+    if system_scope(paths):
+        return Path("/etc/systemd/system") / UNIT
+    return Path.home() / ".config" / "systemd" / "user" / UNIT
 
 
 def systemd_running() -> bool:
     return os.path.isdir("/run/systemd/system")
 
 
-def main() -> int:
+def _systemctl(paths: Paths, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    scope = [] if system_scope(paths) else ["--user"]
+    proc = subprocess.run(["systemctl", *scope, *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        from .errors import FarmhandError
+
+        raise FarmhandError(f"systemctl {' '.join([*scope, *args])} failed (exit {proc.returncode}): "
+                            f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+    return proc
+
+
+def deploy(paths: Paths) -> dict:
+    """Install (only when its text changed), enable and start the unit. An admin's drop-ins
+    (farmhand.service.d/) are theirs: never read, written or removed here."""
     from . import client
     from .ledger import Ledger, atomic_write
+
+    unit = unit_path(paths)
+    text = render_unit(paths)
+    try:
+        changed = unit.read_text() != text
+    except OSError:
+        changed = True
+    if changed:
+        ledger = Ledger(paths)
+        ledger.add_resource("unit", unit, "deploy")
+        ledger.save()
+        unit.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(unit, text, 0o644)
+        _systemctl(paths, "daemon-reload")
+    active = _systemctl(paths, "is-active", "--quiet", UNIT, check=False).returncode == 0
+    enabled = _systemctl(paths, "is-enabled", "--quiet", UNIT, check=False).returncode == 0
+    if not enabled:
+        _systemctl(paths, "enable", UNIT)
+    if not active:
+        client.down(paths)  # systemd takes over from the detached supervisor apply started
+        _systemctl(paths, "start", UNIT)  # Type=notify: returns once every runtime answers
+    elif changed:
+        _systemctl(paths, "restart", UNIT)
+    action = "installed" if changed and not active else "updated and restarted" if changed else \
+        "started" if not active else "unchanged"
+    return {"unit": str(unit), "changed": changed or not active or not enabled, "action": action,
+            "enabled": True, "active": True}
+
+
+def undeploy(paths: Paths, ledger) -> list[str]:
+    """Stop and disable the unit farmhand installed and remove its file; the admin's drop-ins stay."""
+    removed = []
+    for resource in [r for r in ledger.resources() if r["kind"] == "unit"]:
+        unit = Path(resource["path"])
+        if systemd_running():
+            _systemctl(paths, "disable", "--now", unit.name, check=False)
+        if unit.exists():
+            unit.unlink()
+            removed.append(str(unit))
+        if systemd_running():
+            _systemctl(paths, "daemon-reload", check=False)
+    return removed
+
+
+def main() -> int:
+    import json
+
+    from .errors import FarmhandError
     from .lock import HomeLock
 
     paths = resolve(system=os.environ.get("FARMHAND_SYSTEM") == "1")
-    HomeLock(paths.home_lock, "deploy").acquire()
-    if not systemd_running():
-        print("deploy: systemd is not running on this host; the supervisor stays detached "
-              "(farmhand up / farmhand down manage it)")
-        return 0
-    unit = unit_path(paths)
-    scope = [] if paths.mode == "system" else ["--user"]
-    atomic_write(unit, render_unit(paths), 0o644)
-    ledger = Ledger(paths)
-    ledger.add_resource("unit", unit, "deploy")
-    ledger.save()
-    client.down(paths)  # systemd takes over from the detached supervisor
-    subprocess.run(["systemctl", *scope, "daemon-reload"], check=True)
-    subprocess.run(["systemctl", *scope, "enable", "--now", "farmhand.service"], check=True)
-    print(f"deploy: {unit} installed and started (systemctl {' '.join(scope)} status farmhand)")
+    as_json = "--json" in sys.argv[1:]
+    try:
+        HomeLock(paths.home_lock, "deploy").acquire()
+        if not systemd_running():
+            result = {"unit": None, "changed": False, "action": "no systemd: the supervisor stays detached "
+                      "(farmhand up / farmhand down manage it)"}
+        else:
+            result = deploy(paths)
+    except FarmhandError as exc:
+        print(f"deploy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if as_json:
+        print(json.dumps(result))
+    elif result["unit"] is None:
+        print(f"deploy: {result['action']}")
+    else:
+        scope = "" if system_scope(paths) else " --user"
+        print(f"deploy: {result['unit']} {result['action']} (systemctl{scope} status {UNIT})")
     return 0
 
 

@@ -21,13 +21,15 @@ from .steps import LAUNCHER_MARK
 def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     """Remove what the ledger recorded (and what an interrupted run left). The caller holds the
     home lock; it is let go, and its file removed, last."""
+    from .deploy import undeploy
     from .ledger import sweep_temporaries
 
-    client.down(paths)
     ledger = Ledger(paths)
+    removed_units = undeploy(paths, ledger)  # systemd stops its supervisor; then nothing restarts it
+    client.down(paths)
     ledger.reap_helpers()
     sweep_temporaries(paths, list(ledger.projects()))
-    removed, kept = [], []
+    removed, kept = list(removed_units), []
     for name, record in (ledger.data.get("runtimes") or {}).items():
         if record.get("external"):
             models = [a["name"] for k, a in ledger.data["artifacts"].items()

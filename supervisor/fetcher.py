@@ -131,10 +131,16 @@ def download(url: str, dest: Path, expect: Expect, *, label: str, report, header
 
 def copy(source: Path, dest: Path, expect: Expect, *, label: str, report) -> Result:
     """Copy a local file into place, hashing in the same pass."""
+    return copy_from(lambda: open(source, "rb"), source.stat().st_size, f"file://{source}", dest, expect,
+                     label=label, report=report)
+
+
+def copy_from(opener, total: int, origin: str, dest: Path, expect: Expect, *, label: str, report) -> Result:
+    """Copy what `opener()` reads (a file, a bundle's member) into place, hashing in the same pass."""
     def write(partial: Path) -> Result:
         digest = hashlib.sha256()
-        total, done = source.stat().st_size, 0
-        with open(source, "rb") as src, open(partial, "wb") as dst:
+        done = 0
+        with opener() as src, open(partial, "wb") as dst:
             for block in iter(lambda: src.read(1 << 20), b""):
                 digest.update(block)
                 try:
@@ -145,9 +151,9 @@ def copy(source: Path, dest: Path, expect: Expect, *, label: str, report) -> Res
                 done += len(block)
                 report.transfer(f"copy {label}", done, total)
         report.transfer(f"copy {label}", done, total, finished=True)
-        return Result(digest.hexdigest(), done, 0, 0, 1, f"file://{source}")
+        return Result(digest.hexdigest(), done, 0, 0, 1, origin)
 
-    return produce(dest, expect, label, write, f"file://{source}")
+    return produce(dest, expect, label, write, origin)
 
 
 def _transfer(url, partial: Path, expect: Expect, label, report, headers, policy: Policy) -> Result:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import deployment, gguf, installers, memo, ports, profiles, sources, steps, store
+from . import bundle, deployment, gguf, installers, memo, ports, profiles, sources, steps, store
 from .backends import Backend, get_backend
 from .backends.base import RunningServer
 from .deployment import DeploymentDecl, ModelSpec
@@ -179,6 +179,9 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
         file_based = [u for u in usable if sources.get(u).delivers_file(u)]
         if file_based and store.in_store(paths.models, model, ledger.artifact(f"model:{model.name}")):
             return True, "in store", "store"
+        offline = bundle.active()
+        if file_based and offline and offline.model_member(model.sha256):
+            return True, f"in {offline.path.name}", file_based[0]  # store.fetch reads the bundle first
         if server is not None:  # a running server may hold it already: no registry needed
             for uri in usable:
                 if uri not in file_based and backend.store_name(model, uri) in in_server(backend, server):

@@ -139,8 +139,11 @@ class ModelStep(Step):
             return Status(True, f"{self.path(ctx)} (sha256 {record['sha256'][:12]}…, verified {record.get('source', '')})")
         if self.path(ctx).exists():
             return Status(False, f"{self.path(ctx)} changed since it was verified: will verify again")
-        from . import sources
+        from . import bundle, sources
 
+        offline = bundle.active()
+        if offline and offline.model_member(self.model.sha256):
+            return Status(False, f"will copy {self.model.size_bytes / 1e6:.0f} MB from {offline.path.name}")
         first = (store.file_sources(self.model) or [None])[0]
         where = sources.get(first).describe(first) if first else "no source"
         return Status(False, f"will fetch {self.model.size_bytes / 1e6:.0f} MB from {where}")

@@ -102,6 +102,14 @@ def fetch(model: ModelSpec, models_dir: Path, report, ledger=None) -> dict:
     _check_room(model, models_dir)
     expect = fetcher.Expect(size=model.size_bytes or None, sha256=model.sha256, gguf=model.is_gguf)
     failures = []
+    from . import bundle
+
+    offline = bundle.active()
+    member = offline.model_member(model.sha256) if offline else None
+    if member:
+        result = fetcher.copy_from(lambda: offline.open_member(member), offline.member_size(member),
+                                   f"bundle:{offline.path.name}", target, expect, label=model.name, report=report)
+        return file_fingerprint(target) | {"sha256": result.sha256, "source": f"bundle:{offline.path.name}"}
     for uri in file_sources(model):
         try:
             if sources.scheme_of(uri) == "file":

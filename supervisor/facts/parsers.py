@@ -328,6 +328,14 @@ def parse_cpu_flags(flags: list[str]) -> dict:
     }
 
 
+def parse_cpu_level(arch: str, flags: list[str]) -> dict:
+    """The named CPU level a build for this host may assume, and the flags that decide levels."""
+    from .. import cpulevel
+
+    relevant = {f for lv in cpulevel.levels_of(arch) for f in lv.flags}
+    return {"level": cpulevel.host_level(arch, flags), "level_flags": sorted(relevant & set(flags))}
+
+
 # ROCm's supported gfx targets (ROCm 6.x compatibility matrix, Linux). A target outside this list
 # can still run llama.cpp through Vulkan.
 ROCM_TARGETS = {

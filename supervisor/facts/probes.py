@@ -102,6 +102,7 @@ def probe_cpu(host: Host) -> dict:
         "logical_cores": counts.get("logical") or info["logical_cores"],
         "physical_cores": counts.get("physical") or info["physical_cores"],
         "isa": P.parse_cpu_flags(info["flags"]),
+        **P.parse_cpu_level(_norm_arch(host.value("platform.machine", platform.machine)), info["flags"]),
     }
 
 

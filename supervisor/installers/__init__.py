@@ -148,8 +148,13 @@ def missing_tools(needed: list[tuple[str, str]], tools) -> str | None:
 def problem_of(spec: InstallSpec, tools) -> str | None:
     """Why `spec` cannot be installed on this host: the backend's own verdict on the host
     (`unsupported` in its parameters), then the install method's checks."""
+    from .. import bundle
+
     if spec.get("unsupported"):
         return f"{spec.backend} ({spec.variant}): {spec.get('unsupported')}"
+    offline = bundle.active()
+    if offline and offline.holds_install(spec.key):
+        return None  # built already (and checked against this host): no toolchain needed
     return get(spec.method).problem(spec, tools)
 
 

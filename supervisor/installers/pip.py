@@ -33,7 +33,8 @@ class PipInstaller(Installer):
     def describe(self, spec: InstallSpec) -> str:
         what = f"{spec.get('package')} {spec.get('version')}"
         if spec.get("wheel_build"):
-            return f"build {what} ({spec.variant}) into a venv (minutes)"
+            level = spec.get("cpu_level")
+            return f"build {what} ({spec.variant}{', ' + level if level else ''}) into a venv (minutes)"
         torch = f" with torch for {spec.get('torch_backend')}" if spec.get("torch_backend") else ""
         return f"{'uv' if spec.get('use_uv') else 'pip'} install {what}{torch} into a venv of its own"
 
@@ -88,10 +89,21 @@ class PipInstaller(Installer):
 
     def build_wheel(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
         """The built wheel for `spec`, building it (minutes) only when the wheelhouse lacks it."""
+        from .. import bundle
+
         target = paths.wheelhouse / spec.key
         existing = sorted(target.glob("*.whl"))
         if existing:
             return existing[0]
+        offline = bundle.active()
+        if offline is not None:
+            if not offline.holds_install(spec.key):
+                raise bundle.missing_build(spec.key, spec.backend, spec.variant)
+            ensure_dir(target, ledger, f"install:{spec.key}")
+            private_dir(target)
+            member = offline.install_files(spec.key)[0]
+            report.line(f"  {spec.get('package')} ({spec.variant}, {spec.get('cpu_level')}) from {offline.path.name}")
+            return offline.extract_verified(member, target / member.rsplit("/", 1)[-1])
         if "FARMHAND_WHEELHOUSE" not in os.environ:
             ensure_dir(target, ledger, f"install:{spec.key}")
         private_dir(target)
