@@ -25,11 +25,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def fresh_env(root: Path) -> dict:
+def fresh_env(root: Path, pip_config: bool) -> dict:
+    """An empty HOME and pip cache. The PyPI run keeps this machine's pip configuration (how it
+    reaches PyPI: index, proxy CA); the bundle run has none (and no network)."""
     home = root / "home"
     home.mkdir(parents=True)
-    return {"PATH": os.environ["PATH"], "HOME": str(home), "PIP_CACHE_DIR": str(home / "pip-cache"),
-            "PIP_CONFIG_FILE": "/dev/null", "FARMHAND_HOME": str(home / "farmhand"), "LANG": "C.UTF-8"}
+    env = {"PATH": os.environ["PATH"], "HOME": str(home), "PIP_CACHE_DIR": str(home / "pip-cache"),
+           "FARMHAND_HOME": str(home / "farmhand"), "LANG": "C.UTF-8"}
+    if not pip_config:
+        return env | {"PIP_CONFIG_FILE": "/dev/null"}
+    network = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "PIP_CERT", "HTTPS_PROXY",
+               "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy")
+    return env | {k: os.environ[k] for k in network if k in os.environ}
 
 
 def timed(argv: list[str], env: dict, netns: bool = False) -> float:
@@ -61,7 +68,10 @@ def main() -> None:
         bundle = args.bundle
         if bundle is None:
             bundle = work / "farmhand-bundle.tar"
-            env = os.environ | {"FARMHAND_HOME": str(work / "builder")}
+            # the build machine's own wheelhouse (tests keep the built llama-server there): creating
+            # the bundle is not what is measured; the hosts below never see it
+            env = os.environ | {"FARMHAND_HOME": str(work / "builder"),
+                                "FARMHAND_WHEELHOUSE": str(REPO / ".cache" / "wheels")}
             t0 = time.monotonic()
             subprocess.run([sys.executable, "-m", "supervisor", "bundle", "create", str(bundle), "--profile",
                             "cpu-small", "--json"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -74,7 +84,7 @@ def main() -> None:
         src.mkdir(parents=True)
         subprocess.run(["tar", "-xf", str(bundle), "-C", str(src), "--strip-components=2", "farmhand-bundle/src"],
                        check=True)
-        env = fresh_env(host)
+        env = fresh_env(host, pip_config=False)
         results["bundle_bootstrap_s"] = round(timed(
             [sys.executable, str(src / "bootstrap.py"), "--bundle", str(bundle), "--yes", "--json", "--project-dir",
              str(host)], env, netns=True), 1)
@@ -88,7 +98,7 @@ def main() -> None:
             for name in files:
                 (src / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / name, src / name)
-            env = fresh_env(host)
+            env = fresh_env(host, pip_config=True)
             results["pypi_bootstrap_s"] = round(timed(
                 [sys.executable, str(src / "bootstrap.py"), "--yes", "--json", "--profile", "cpu-small",
                  "--project-dir", str(host)], env), 1)

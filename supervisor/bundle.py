@@ -275,6 +275,10 @@ def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict
                               "Point hosts at a Hub mirror (FARMHAND_MIRROR_HF) instead")
     levels = {i["cpu_level"] for i in installs.values() if i["cpu_level"]}
     arch = (facts.get("os") or {}).get("arch", platform.machine())
+    here = {"amd64": "x86_64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
+    if installs and arch != here:
+        raise Unsupported(f"bundle: the target is {arch} and this machine is {here}: builds and wheels are made for "
+                          f"the machine that makes them; create the bundle on a {arch} machine")
     level = levels.pop() if len(levels) == 1 else (level_wanted or "")
     if level == cpulevel.NATIVE or (installs and not level):
         raise Unsupported("bundle: its llama.cpp build would be -march=native (this CPU exactly); build for a named "
