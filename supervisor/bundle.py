@@ -6,7 +6,8 @@ rooted at `farmhand-bundle/`:
     manifest.json         format, what it was built for, the plan inputs, sha256 of every member
     src/                  farmhand itself (bootstrap.py, supervisor/, profiles/, templates/)
     wheels/               farmhand's dependencies as wheels (pip install --no-index)
-    installs/KEY/...      each backend install the plan needs, by install key (a built wheel)
+    installs/KEY/...      each backend install the plan needs, by install key: a built wheel, or
+                          release archives (Ollama, Lemonade) with their digests in the manifest
     models/SHA256         each model file, named by its digest
 
 What it was built for is checked before anything is installed: the CPU level its builds assume
@@ -80,7 +81,8 @@ def _problem(built: BuiltFor, facts: dict) -> str | None:
     """Why this host cannot use a bundle built for `built` (None when it can)."""
     arch = (facts.get("os") or {}).get("arch", "")
     cpu = facts.get("cpu") or {}
-    lacking = cpulevel.missing(built.cpu_level, arch, cpu.get("level_flags") or [])
+    lacking = cpulevel.missing(built.cpu_level, arch, cpu.get("level_flags") or []) \
+        if built.cpu_level in cpulevel.LEVELS else None  # "none": only vendor builds, which pick at run time
     if lacking:
         return f"{lacking}: its builds would die with SIGILL here"
     vendors = {g.get("vendor") for g in facts.get("gpus") or []}
@@ -139,6 +141,13 @@ class Bundle:
     def model_member(self, sha256: str | None) -> str | None:
         entry = self.manifest.models.get(sha256 or "")
         return entry["member"] if entry else None
+
+    def archive_member(self, sha256: str | None) -> str | None:
+        for install in self.manifest.installs.values():
+            for archive in (install.get("archives") or {}).values():
+                if archive == sha256:
+                    return next((f for f in install["files"] if f.rsplit("/", 1)[-1].startswith(sha256[:16])), None)
+        return None
 
     def holds_install(self, key: str) -> bool:
         return key in self.manifest.installs
@@ -255,7 +264,7 @@ def dependency_wheels(dest: Path, report, ledger=None) -> list[Path]:
 def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict | None) -> dict:
     """Write the bundle for plan `built` (made for `facts`, this host's or a recorded one's) to `out`."""
     from .installers import get as installer
-    from .steps import Context, InstallStep, ModelStep, RepoStep
+    from .steps import Context, InstallStep, ModelStep, RepoStep, StoreModelStep
 
     level_wanted = (facts.get("build") or {}).get("cpu_level")
     ctx = Context(paths, ledger, report, Path.cwd())
@@ -265,16 +274,20 @@ def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict
     for step in built.steps:
         if isinstance(step, InstallStep):
             spec = step.spec
-            if spec.method != "pip" or not spec.get("wheel_build"):
+            if spec.method not in ("pip", "archive") or (spec.method == "pip" and not spec.get("wheel_build")):
                 raise Unsupported(
                     f"bundle: {spec.backend} installs by {spec.method}{'' if spec.method != 'pip' else ' (a dependency stack)'}"
-                    "; bundles carry llama.cpp builds and GGUF models. For it, point hosts at a mirror (FARMHAND_MIRROR_"
-                    "PYPI / _HTTPS) instead")
+                    "; bundles carry llama.cpp builds, release archives and GGUF models. For it, point hosts at a "
+                    "mirror (FARMHAND_MIRROR_PYPI) instead")
             installs[spec.key] = {"spec": spec, "backend": spec.backend, "variant": spec.variant, "method": spec.method,
                                   "cpu_level": spec.get("cpu_level")}
             variants.append(spec.variant)
         elif isinstance(step, ModelStep):
             models.append(step)
+        elif isinstance(step, StoreModelStep) and not step.imported:
+            raise Unsupported(f"bundle: {step.id} is pulled by name from {step.backend.name}'s registry; bundles carry "
+                              "model files. Give the model a file source (hf://, https://, pip://), or point hosts at a "
+                              "registry mirror (mirrors.ollama)")
         elif isinstance(step, RepoStep):
             raise Unsupported(f"bundle: {step.id} is a whole Hugging Face repo (vLLM); bundles carry GGUF models. "
                               "Point hosts at a Hub mirror (FARMHAND_MIRROR_HF) instead")
@@ -285,7 +298,8 @@ def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict
         raise Unsupported(f"bundle: the target is {arch} and this machine is {here}: builds and wheels are made for "
                           f"the machine that makes them; create the bundle on a {arch} machine")
     level = levels.pop() if len(levels) == 1 else (level_wanted or "")
-    if level == cpulevel.NATIVE or (installs and not level):
+    built_here = any(i["method"] == "pip" for i in installs.values())  # release archives pick at run time
+    if level == cpulevel.NATIVE or (built_here and not level):
         raise Unsupported("bundle: its llama.cpp build would be -march=native (this CPU exactly); build for a named "
                           f"level: bundle create --cpu-level ({', '.join(lv.name for lv in cpulevel.levels_of(arch))})")
     built_for = BuiltFor(arch=arch, cpu_level=level or "none", cpu_flags=sorted(cpulevel.LEVELS[level].flags)
@@ -308,9 +322,15 @@ def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict
             for wheel in wheels:
                 w.add_file(wheel, f"wheels/{wheel.name}")
             for key, entry in installs.items():
-                report.line(f"  {key}: {installer('pip').describe(entry['spec'])}")
-                wheel = installer("pip").build_wheel(entry.pop("spec"), paths, ledger, report)
-                entry["files"] = [w.add_file(wheel, f"installs/{key}/{wheel.name}")]
+                spec = entry.pop("spec")
+                report.line(f"  {key}: {installer(spec.method).describe(spec)}")
+                if spec.method == "pip":
+                    wheel = installer("pip").build_wheel(spec, paths, ledger, report)
+                    entry["files"] = [w.add_file(wheel, f"installs/{key}/{wheel.name}")]
+                else:
+                    fetched = installer("archive").fetch_archives(spec, paths, ledger, report, f"bundle:{key}")
+                    entry["archives"] = {a.name: a.sha256 for a, _ in fetched}
+                    entry["files"] = [w.add_file(f, f"installs/{key}/{a.sha256[:16]}-{a.name}") for a, f in fetched]
             model_entries = {}
             for step in models:
                 if not step.check(ctx).up_to_date:

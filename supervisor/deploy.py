@@ -24,7 +24,10 @@ def render_unit(paths: Paths, python: str = sys.executable) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
                              autoescape=False)  # noqa: S701 - a unit file, not HTML
     writable = [str(p) for p in paths.roots()]
-    return env.get_template("farmhand.service.j2").render(
+    # PrivateTmp hides the host's /tmp and /var/tmp from the service: a checkout or home there
+    # (a CI clone, a trial) would vanish from under its own ExecStart.
+    in_tmp = [p for p in [str(REPO), python, *writable] if _under_tmp(p)]
+    return env.get_template("farmhand.service.j2").render(private_tmp=not in_tmp, in_tmp=in_tmp,
         python=python, repo=str(REPO), system=paths.mode == "system",
         home=os.environ.get("FARMHAND_HOME"), writable=writable,
         # A user-mode home lives under /home or /root: it must stay visible (read-only elsewhere).
@@ -33,6 +36,11 @@ def render_unit(paths: Paths, python: str = sys.executable) -> str:
 
 
 UNIT = "farmhand.service"
+
+
+def _under_tmp(path: str) -> bool:
+    resolved = os.path.realpath(path)
+    return any(resolved == t or resolved.startswith(t + "/") for t in ("/tmp", "/var/tmp"))
 
 
 def system_scope(paths: Paths) -> bool:

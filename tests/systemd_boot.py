@@ -59,8 +59,10 @@ class BootedSystemd:
         for wants in self.etc_copy.glob("*.wants"):
             if wants.is_dir() and not wants.is_symlink():
                 shutil.rmtree(wants)  # nothing the machine enables starts in the test's boot
-        binds = "".join(f"mkdir -p /mnt{shlex.quote(str(p))} && mount --rbind {shlex.quote(str(p))} "
-                        f"/mnt{shlex.quote(str(p))} && " for p in self.keep)
+        # /tmp/X is bound at /mnt/X, which is /tmp/X again once the tmpfs moves from /mnt to /tmp
+        inner = [(str(p.resolve()), "/mnt/" + str(p.resolve().relative_to("/tmp"))) for p in self.keep]
+        binds = "".join(f"mkdir -p {shlex.quote(dst)} && mount --rbind {shlex.quote(src)} {shlex.quote(dst)} && "
+                        for src, dst in inner)
         masks = " ".join(f"ln -sf /dev/null /run/systemd/system/{u};" for u in MASKED)
         target = ("[Unit]\nDescription=farmhand test boot\nWants=systemd-journald.socket "
                   "systemd-journald.service\nAllowIsolate=yes\n")

@@ -44,7 +44,7 @@ def run_playbook(tmp_path: Path, inventory: Path, *extra: str) -> dict:
     stats = result["stats"]
     failed = {h: s for h, s in stats.items() if s["failures"] or s["unreachable"]}
     if failed or proc.returncode != 0:
-        tasks = [(t["task"]["name"], h, r.get("msg") or r.get("stderr", "")[-500:]) for play in result["plays"]
+        tasks = [(t["task"]["name"], h, r.get("msg"), r.get("stderr", "")[-1500:]) for play in result["plays"]
                  for t in play["tasks"] for h, r in t["hosts"].items() if r.get("failed")]
         raise AssertionError(f"ansible-playbook failed (exit {proc.returncode}): {failed}\n{tasks}")
     return result

@@ -73,7 +73,14 @@ def in_netns(script: str, env: dict, timeout: float = 600) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace needs root")
+def _netns_refused() -> str | None:
+    if os.geteuid() != 0:
+        return "a network namespace needs root"
+    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    return f"unshare --net refused here: {probe.stderr.strip()}" if probe.returncode else None
+
+
+@pytest.mark.skipif(_netns_refused() is not None, reason=str(_netns_refused()))
 def test_a_fresh_host_bootstraps_from_the_bundle_with_no_network(offline_bundle, tmp_path):
     src, env = fresh_host(tmp_path, offline_bundle)
     project = tmp_path / "project"

@@ -532,3 +532,48 @@ def test_fake_is_stdlib_only():
     imports = set(re.findall(r"^(?:from|import) ([a-z_]+)", FAKE.read_text(), re.M))
     assert imports <= set(sys.stdlib_module_names) | {"__future__"}, imports - set(sys.stdlib_module_names)
 
+
+
+@pytest.mark.e2e
+def test_an_ollama_bundle_installs_with_nothing_fetched(farmhand, llama_server_binary, gemma_gguf, mirror, tmp_path):
+    """bundle create carries Ollama's release archive (digest from its sha256sum.txt) and the GGUF;
+    apply --bundle installs and imports from it: the mirror sees no request, and the chat works."""
+    root, server = mirror
+    release(root, VERSION, llama_server_binary)
+    base = f"http://127.0.0.1:{server.port}"
+    o = tmp_path / "bundle-overrides.yaml"
+    o.write_text(yaml.safe_dump({
+        "mirrors": {"https": base, "ollama": base}, "supervisor": {"port": 0},
+        "deployment": {"runtimes": {"ollama": {"install": {"method": "archive"}}}},
+        "models": {"gemma3-270m": {"sources": [f"file://{gemma_gguf}"]}}}))
+    out = tmp_path / "ollama-bundle.tar"
+    made = farmhand.json("bundle", "create", str(out), "--replay", str(NVIDIA_HOST), "--overrides", str(o), timeout=600)
+    assert made["built_for"]["variants"] == ["cuda"] and made["built_for"]["cpu_level"] == "none"
+    assert [k.split("-")[0] for k in made["installs"]] == ["ollama"] and made["models"] == ["gemma3-270m"]
+    farmhand.json("destroy", "--yes", "--purge-models")  # the builder's home is not the target's
+
+    asked = len(server.requests)
+    summary = farmhand.json("apply", "--yes", "--bundle", str(out), "--replay", str(NVIDIA_HOST), timeout=600)
+    assert server.requests[asked:] == [], "installing from the bundle fetched something"
+    (rt,) = summary["runtimes"]
+    assert (rt["backend"], rt["version"]) == ("ollama", VERSION)
+    done = requests.post(f"{rt['url']}/api/generate", timeout=120, json={
+        "model": "farmhand/gemma3-270m:latest", "prompt": "Monday, Tuesday, Wednesday,", "raw": True,
+        "stream": False, "options": {"num_predict": 8}}).json()
+    assert "Thursday" in done["response"], done
+    again = farmhand.json("apply", "--yes", "--bundle", str(out), "--replay", str(NVIDIA_HOST))
+    assert again["changed"] is False, [s for s in again["steps"] if s["changed"]]
+    assert server.requests[asked:] == []
+    farmhand.json("destroy", "--yes", "--purge-models")
+    assert files_under(farmhand.home) == set(), files_under(farmhand.home)
+
+
+@pytest.mark.e2e
+def test_a_registry_model_cannot_go_in_a_bundle(farmhand, llama_server_binary, gemma_gguf, mirror, tiny, tmp_path):
+    root, server = mirror
+    release(root, VERSION, llama_server_binary)
+    o = overrides(tmp_path, server, tiny, gemma_gguf)  # its draft role pulls tiny-test by name
+    proc = farmhand.run("bundle", "create", str(tmp_path / "b.tar"), "--replay", str(NVIDIA_HOST), "--overrides",
+                        str(o))
+    assert proc.returncode == 5 and "pulled by name" in proc.stderr and "tiny-test" in proc.stderr, proc.stderr
+    assert not (tmp_path / "b.tar").exists()

@@ -131,12 +131,18 @@ class ArchiveInstaller(Installer):
                     pass
             raise
 
+    def fetch_archives(self, spec: InstallSpec, paths: Paths, ledger, report, step: str) -> list[tuple[Archive, Path]]:
+        """Each archive of `spec` in farmhand's downloads, its digest checked (for installing, and
+        for `bundle create` to carry)."""
+        ensure_dir(paths.downloads, ledger, step)
+        archives = self._with_digests(spec, paths, ledger, report, step)
+        return [(a, self._download(a, paths, ledger, report, step, spec.backend)) for a in archives]
+
     def _install(self, spec: InstallSpec, paths: Paths, ledger, report, step: str, prefix: Path) -> Path:
         from .. import extract
 
-        ensure_dir(paths.downloads, ledger, step)
-        archives = self._with_digests(spec, paths, ledger, report, step)
-        files = [self._download(archive, paths, ledger, report, step, spec.backend) for archive in archives]
+        fetched = self.fetch_archives(spec, paths, ledger, report, step)
+        archives, files = [a for a, _ in fetched], [f for _, f in fetched]
         ensure_dir(prefix.parent, ledger, step)
         try:
             with staged(prefix, ledger, step) as staging:
@@ -163,9 +169,17 @@ class ArchiveInstaller(Installer):
         return self.binary(spec, paths)
 
     def _with_digests(self, spec, paths, ledger, report, step) -> list[Archive]:
+        from .. import bundle
+
         archives = archives_of(spec)
         if all(a.sha256 for a in archives):
             return archives
+        offline = bundle.active()
+        if offline is not None:  # the digests the bundle was made with: no checksum file to fetch
+            if not offline.holds_install(spec.key):
+                raise bundle.missing_build(spec.key, spec.backend, spec.variant)
+            digests = offline.manifest.installs[spec.key].get("archives", {})
+            return [Archive(a.url, a.sha256 or digests.get(a.name)) for a in archives]
         from ..fetcher import Expect, FetchFailed, download
 
         url = spec.get("sha256sums")
@@ -198,6 +212,15 @@ class ArchiveInstaller(Installer):
         ledger.add_resource("file", file, step)
         if file.exists() and sha256_file(file) != archive.sha256:
             file.unlink()  # damaged since it was kept: fetch it again
+        from .. import bundle
+        from ..fetcher import copy_from
+
+        offline = bundle.active()
+        member = offline.archive_member(archive.sha256) if offline else None
+        if member:
+            copy_from(lambda: offline.open_member(member), offline.member_size(member), f"bundle:{offline.path.name}",
+                      file, Expect(sha256=archive.sha256), label=archive.name, report=report)
+            return file
         url = mirrored(archive.url)
         try:  # the digest is checked before a byte is unpacked
             download(url, file, Expect(sha256=archive.sha256), label=archive.name, report=report)
