@@ -130,10 +130,15 @@ class Bundle:
                 "Nothing was changed")
 
     def open_member(self, member: str):
-        fh = self._tar.extractfile(member)
-        if fh is None:
-            raise FarmhandError(f"{self.path}: {member} is missing from the bundle")
-        return fh
+        """A reader of one member with a file handle of its own: installs and model copies run on
+        threads at once, and tarfile's readers share one file position."""
+        try:
+            info = self._tar.getmember(member)
+        except KeyError:
+            raise FarmhandError(f"{self.path}: {member} is missing from the bundle") from None
+        if not info.isfile() or info.sparse:
+            raise FarmhandError(f"{self.path}: {member} is not a regular file")
+        return _MemberReader(self.path, info.offset_data, info.size)
 
     def member_size(self, member: str) -> int:
         return self._tar.getmember(member).size
@@ -176,6 +181,26 @@ class Bundle:
         b = self.manifest.built_for
         return (f"bundle {self.path.name}: farmhand {b.farmhand}, profile {self.manifest.profile}, {b.arch} "
                 f"{b.cpu_level}, {'/'.join(b.variants) or '-'}, {len(self.manifest.models)} model(s)")
+
+
+class _MemberReader(io.RawIOBase):
+    def __init__(self, path: Path, offset: int, size: int):
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed with the reader
+        self._fh.seek(offset)
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._fh.read(n)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 _active: Bundle | None = None

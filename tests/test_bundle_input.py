@@ -38,3 +38,40 @@ def test_bundle_create_into_a_missing_directory_is_one_line(tmp_path):
     proc = run(sys.executable, "-m", "supervisor", "bundle", "create", str(tmp_path / "no" / "b.tar"),
                home=tmp_path / "home")
     assert proc.returncode == 2 and "no directory" in proc.stderr, proc.stderr
+
+
+def test_members_read_at_once_from_threads_stay_whole(tmp_path):
+    """Installs and model copies read one bundle on several threads: each reader has its own file
+    position (tarfile's readers share one, and interleaved reads mixed bytes of two members)."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from supervisor.bundle import Bundle
+
+    blobs = {f"farmhand-bundle/models/{i}": os.urandom(3 << 20) for i in range(4)}
+    manifest = {"format": 1, "built_for": {"arch": "x86_64", "cpu_level": "none", "cpu_flags": [], "variants": [],
+                                           "python": "3.11", "farmhand": "0"},
+                "profile": "p", "overrides": None, "installs": {}, "models": {},
+                "members": {k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()}}
+    path = tmp_path / "b.tar"
+    with tarfile.open(path, "w:") as tar:
+        for name, data in [*blobs.items(), ("farmhand-bundle/manifest.json", json.dumps(manifest).encode())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    bundle = Bundle(path)
+
+    def digest(name: str) -> str:
+        h = hashlib.sha256()
+        with bundle.open_member(name) as fh:
+            for block in iter(lambda: fh.read(1 << 16), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    names = list(blobs) * 8
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(digest, names))
+    assert got == [manifest["members"][n] for n in names]
