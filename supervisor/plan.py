@@ -180,8 +180,10 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
         if file_based and store.in_store(paths.models, model, ledger.artifact(f"model:{model.name}")):
             return True, "in store", "store"
         offline = bundle.active()
-        if file_based and offline and offline.model_member(model.sha256):
-            return True, f"in {offline.path.name}", file_based[0]  # store.fetch reads the bundle first
+        if offline is not None:  # installing from a bundle: what it holds, and no other source is asked
+            if file_based and offline.model_member(model.sha256):
+                return True, f"in {offline.path.name}", file_based[0]  # store.fetch reads the bundle first
+            return False, f"not in {offline.path.name} (a bundle install fetches nothing)", ""
         if server is not None:  # a running server may hold it already: no registry needed
             for uri in usable:
                 if uri not in file_based and backend.store_name(model, uri) in in_server(backend, server):
