@@ -201,6 +201,9 @@ def _make_plan(ctx, *, profile, overrides, port, reselect, facts, project_dir, p
     paths = _paths(ctx)
     ledger = Ledger(paths)
     data, source = _overrides(paths, overrides)
+    if "build" not in facts and ledger.data.get("build"):
+        # a bundle's CPU level stays this home's: later plans and applies keep its build, not rebuild
+        facts["build"] = dict(ledger.data["build"])
     if bundled is not None:  # apply --bundle: the bundle's plan inputs, unless given here
         profile = profile or bundled.manifest.profile
         if overrides is None and bundled.manifest.overrides is not None:
@@ -349,6 +352,8 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
         bundle.activate(bundled)
     paths, ledger, built = _make_plan(ctx, profile=profile, overrides=overrides, port=port, reselect=reselect,
                                       facts=facts, project_dir=project, profiles_dir=profiles_dir, bundled=bundled)
+    if bundled is not None and bundled.manifest.built_for.cpu_level in cpulevel.LEVELS:
+        ledger.data["build"] = {"cpu_level": bundled.manifest.built_for.cpu_level}  # saved with the apply
     report = Reporter(json_lines=as_json)
     context = Context(paths, ledger, report, project)
     statuses = planmod.evaluate(built, context)

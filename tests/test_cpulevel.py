@@ -108,3 +108,32 @@ def test_bundle_create_refuses_a_target_of_another_architecture(tmp_path):
                           capture_output=True, text=True, timeout=120, env=os.environ | {"FARMHAND_HOME": str(tmp_path / "h")})
     assert proc.returncode == 5 and "the target is arm64 and this machine is x86_64" in proc.stderr, proc.stderr
     assert not (tmp_path / "b.tar").exists()
+
+
+def test_a_bundles_level_stays_the_homes_level_for_later_plans(tmp_path):
+    """After apply --bundle with an x86-64-v4 build, a plain plan must keep that build (not plan a
+    v3 rebuild): the ledger keeps the level."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    env = os.environ | {"FARMHAND_HOME": str(home)}
+
+    def install_step() -> str:
+        out = subprocess.run([sys.executable, "-m", "supervisor", "plan", "--json", "--profile", "cpu-small"],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return next(s["detail"] for s in json.loads(out.stdout)["steps"] if s["id"].startswith("install:"))
+
+    assert "x86-64-v4" not in install_step()
+    from supervisor.ledger import Ledger
+    from supervisor.paths import Paths
+
+    paths = Paths(home / "data", home / "state", home / "config", home / "cache", "home")
+    (home / "state").mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(paths)
+    ledger.data["build"] = {"cpu_level": "x86-64-v4"}
+    ledger.save()
+    assert "x86-64-v4" in install_step()
