@@ -5,6 +5,11 @@ Standard library only. Creates .venv beside this file, installs farmhand into it
 pyproject.toml changed since the last install), then hands over to `farmhand apply` with the
 arguments given here. Exit codes are farmhand's (README: Exit codes); 6 = this host lacks
 what farmhand needs to install itself.
+
+With `--bundle FILE` (an offline bundle, `farmhand bundle create`) nothing is fetched: the
+bundle's CPU level, architecture and Python are checked against this host before anything is
+made, farmhand's dependencies come from its wheels (each hashed against the manifest), and apply
+takes the backend builds and models from it too (docs/fleet.md).
 """
 
 import hashlib
