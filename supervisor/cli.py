@@ -909,6 +909,8 @@ def export_kubernetes(ctx, bundle_url, profile, replay, facts_file, namespace, i
     check_url("--bundle-url", bundle_url)
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace) or len(namespace) > 63:
         raise FarmhandError(f"--namespace {namespace}: not a Kubernetes name (lowercase letters, digits, '-')", 2)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@{}-]*", image):
+        raise FarmhandError(f"--image {image!r}: not an image reference (registry/name:tag or @sha256:...)", 2)
     if not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9][-A-Za-z0-9_.]*=[-A-Za-z0-9_.]*", node_label):
         raise FarmhandError(f"--node-label {node_label}: expected KEY=VALUE, a Kubernetes label", 2)
     facts = gather_facts(_paths(ctx), replay=replay, facts_file=facts_file)

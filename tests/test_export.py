@@ -122,3 +122,18 @@ def test_kubernetes_refuses_runtimes_that_cannot_be_keyed():
     proc = farmhand("export", "kubernetes", "--bundle-url", "https://m.example/b.tar", "--replay",
                     str(FIXTURES / "hosts" / "strix-apu-npu"), "--profile", "amd-npu")
     assert proc.returncode == 5 and "no API key" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--namespace", "Farm Hand"], "--namespace Farm Hand: not a Kubernetes name"),
+    (["--node-label", "gpu"], "--node-label gpu: expected KEY=VALUE"),
+    (["--image", "python:3.11\n  privileged: true"], "not an image reference"),
+    (["--bundle-url", "https://m.example/b.tar'; rm -rf /"], "not allowed in the URL"),
+])
+def test_kubernetes_refuses_values_that_would_bend_the_manifest(args, says):
+    base = {"--bundle-url": "https://m.example/b.tar"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    proc = farmhand("export", "kubernetes", *[x for kv in base.items() for x in kv], "--profile", "cpu-small")
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
