@@ -113,9 +113,6 @@ class Bundle:
             raise BadInput(f"{path}: not a farmhand bundle ({type(exc).__name__}: {exc})") from None
         self.manifest = Manifest.from_json(data, str(path))
 
-    def close(self) -> None:
-        self._tar.close()
-
     def problem(self, facts: dict) -> str | None:
         return _problem(self.manifest.built_for, facts)
 
@@ -375,19 +372,4 @@ def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict
     return {"bundle": str(out), "bytes": size, "members": len(w.members), "built_for": asdict(built_for),
             "profile": built.profile["name"], "installs": sorted(installs), "models": sorted(
                 e["name"] for e in model_entries.values())}
-
-
-def extract_source(bundle: Path, dest: Path) -> Path:
-    """The bundle's farmhand source tree into `dest` (for a host that has only the bundle)."""
-    from .extract import extract
-
-    with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(bundle, "r:") as tar, tarfile.open(Path(tmp) / "src.tar", "w:") as out:
-            for m in tar.getmembers():
-                if m.name.startswith(f"{ROOT}/src/"):
-                    data = tar.extractfile(m)
-                    m.name = m.name[len(f"{ROOT}/src/"):]
-                    out.addfile(m, data)
-        extract(Path(tmp) / "src.tar", dest)
-    return dest
 

@@ -365,6 +365,8 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
             click.echo(f"  {'~' if not st.up_to_date else ' '} {step.id}: {st.detail}")
         click.confirm(f"Apply {len(changes)} change(s)?", abort=True)
     if changes:
+        if bundled is not None:
+            report.line(f"installing from {bundled.describe()}")
         report.line(f"profile {built.profile['name']} ({built.match.summary()})")
         for why in built.fallbacks:
             report.line(f"  fell back: {why}")
