@@ -93,7 +93,7 @@ def read_bundle_manifest(tar, path):
 def bundle_problem(built_for, cpuinfo_text, machine, python):
     """Why this host cannot install a bundle built for `built_for` (None when it can)."""
     cpulevel = _load_cpulevel()
-    arch = {"amd64": "x86_64", "aarch64": "arm64"}.get(machine.lower(), machine.lower())
+    arch = cpulevel.norm_arch(machine)
     lacking = cpulevel.missing(built_for["cpu_level"], arch, cpulevel.read_cpuinfo_flags(cpuinfo_text)) \
         if built_for["cpu_level"] in cpulevel.LEVELS else None
     if lacking:

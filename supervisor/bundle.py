@@ -23,16 +23,17 @@ import hashlib
 import io
 import json
 import os
-import platform
 import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, cpulevel
 from .errors import BadInput, EnvironmentProblem, FarmhandError, Unsupported
+
+if TYPE_CHECKING:
+    import tarfile
 
 FORMAT = 1
 ROOT = "farmhand-bundle"
@@ -100,6 +101,8 @@ class Bundle:
     """An opened bundle: its manifest, and its members read on demand (never extracted whole)."""
 
     def __init__(self, path: Path):
+        import tarfile  # here, not at import: the plan imports this module on every run
+
         self.path = path
         try:
             self._tar = tarfile.open(path, "r:")
@@ -247,6 +250,8 @@ class _Writer:
         return f"{ROOT}/{member}"
 
     def add_bytes(self, data: bytes, member: str) -> None:
+        import tarfile
+
         info = tarfile.TarInfo(f"{ROOT}/{member}")
         info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
         self.tar.addfile(info, io.BytesIO(data))
@@ -285,6 +290,10 @@ def dependency_wheels(dest: Path, report, ledger=None) -> list[Path]:
 
 def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict | None) -> dict:
     """Write the bundle for plan `built` (made for `facts`, this host's or a recorded one's) to `out`."""
+    import platform
+    import tarfile
+    import tempfile
+
     from .installers import get as installer
     from .steps import Context, InstallStep, ModelStep, RepoStep, StoreModelStep
 
@@ -315,7 +324,7 @@ def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict
                               "Point hosts at a Hub mirror (FARMHAND_MIRROR_HF) instead")
     levels = {i["cpu_level"] for i in installs.values() if i["cpu_level"]}
     arch = (facts.get("os") or {}).get("arch", platform.machine())
-    here = {"amd64": "x86_64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
+    here = cpulevel.norm_arch(platform.machine())
     if installs and arch != here:
         raise Unsupported(f"bundle: the target is {arch} and this machine is {here}: builds and wheels are made for "
                           f"the machine that makes them; create the bundle on a {arch} machine")

@@ -905,7 +905,6 @@ def export_kubernetes(ctx, bundle_url, profile, replay, facts_file, namespace, i
 
     from . import export as exportmod
     from .backends import get_backend
-    from .backends.base import Backend
     from .cli_checks import check_url
 
     check_url("--bundle-url", bundle_url)
@@ -924,7 +923,7 @@ def export_kubernetes(ctx, bundle_url, profile, replay, facts_file, namespace, i
         if not rt["managed"]:
             continue
         dns = re.sub(r"[^a-z0-9-]", "-", rt["name"].lower()).strip("-")
-        keyed = type(get_backend(rt["backend"])).api_key_env is not Backend.api_key_env
+        keyed = get_backend(rt["backend"]).supports_api_key
         runtimes.append({"name": rt["name"], "port": rt["port"], "service": dns[:54], "port_name": dns[:15].strip("-"),
                          "key": keyed, "variant": rt.get("variant")})
     unkeyed = [r["name"] for r in runtimes if not r["key"]]

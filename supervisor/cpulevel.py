@@ -43,6 +43,12 @@ NATIVE = "native"  # this CPU exactly: fastest here, runs only on CPUs like it
 CHOICES = ("auto", *LEVELS, NATIVE)
 
 
+def norm_arch(machine: str) -> str:
+    """platform.machine()'s spellings -> the one farmhand uses (x86_64, arm64)."""
+    machine = (machine or "").lower()
+    return {"amd64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
+
+
 def levels_of(arch: str) -> list[Level]:
     return [lv for lv in LEVELS.values() if lv.arch == arch]
 

@@ -12,17 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .llamafarm import TEMPLATES
+from .llamafarm import template_env
 from .paths import Paths, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def render_unit(paths: Paths, python: str = sys.executable) -> str:
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
-                             autoescape=False)  # noqa: S701 - a unit file, not HTML
+    env = template_env()
     writable = [str(p) for p in paths.roots()]
     # PrivateTmp hides the host's /tmp and /var/tmp from the service: a checkout or home there
     # (a CI clone, a trial) would vanish from under its own ExecStart.

@@ -15,19 +15,13 @@ from __future__ import annotations
 import shlex
 
 from . import __version__
-from .llamafarm import TEMPLATES
+from .llamafarm import template_env
 
 SRC_DIR = "/opt/farmhand-src"
 STORE = "/var/lib/farmhand"
 
 
-def _env():
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), keep_trailing_newline=True,
-                             autoescape=False, undefined=jinja2.StrictUndefined)  # noqa: S701 - YAML, not HTML
-    env.filters["q"] = lambda v: shlex.quote(str(v))
-    return env
+_env = template_env
 
 
 def cloud_init(*, bundle_url: str | None, bundle_sha256: str | None, repo: str, version: str,

@@ -37,11 +37,21 @@ def render(entries: list[dict], default_model: str, profile: str, project_dir: P
     return memo.remember("render", key, lambda: _render(entries, default_model, profile, project_dir))
 
 
-def _render(entries: list[dict], default_model: str, profile: str, project_dir: Path) -> str:
+def template_env():
+    """The one Jinja environment for templates/: strict (a missing variable is an error, never an
+    empty string), newlines kept, no HTML escaping (YAML and unit files); `q` shell-quotes."""
+    import shlex
+
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)  # noqa: S701 - YAML, not HTML
+                             keep_trailing_newline=True, autoescape=False)  # noqa: S701 - YAML and units, not HTML
+    env.filters["q"] = lambda v: shlex.quote(str(v))
+    return env
+
+
+def _render(entries: list[dict], default_model: str, profile: str, project_dir: Path) -> str:
+    env = template_env()
     name = re.sub(r"[^a-z0-9_-]+", "-", project_dir.resolve().name.lower()).strip("-") or "llamafarm"
     return env.get_template("llamafarm.yaml.j2").render(
         farmhand_version=__version__, profile=profile, name=name, namespace="default",

@@ -106,7 +106,9 @@ def test_a_fresh_host_bootstraps_from_the_bundle_with_no_network(offline_bundle,
         (runtime,) = first["runtimes"]
         assert runtime["backend"] == "llama-server" and runtime["port"] == port
         steps = {s["id"]: s["detail"] for s in first["steps"]}
-        assert any("from farmhand-bundle.tar" in d or "bundle" in d for d in steps.values()), steps
+        assert "from bundle:farmhand-bundle.tar" in steps["model:gemma3-270m"], steps
+        install = next(d for k, d in steps.items() if k.startswith("install:llama-server"))
+        assert "llama-server" in install and "/data/backends/llama-server/" in install, install
         second = json.loads((tmp_path / "second.json").read_text())
         assert second["changed"] is False, [s for s in second["steps"] if s["changed"]]
         assert json.loads((tmp_path / "destroy.json").read_text())["removed"]

@@ -379,7 +379,9 @@ def assemble(results: dict[str, dict], timings: dict[str, dict]) -> dict:
 
 
 def _norm_arch(machine: str) -> str:
-    return {"amd64": "x86_64", "aarch64": "arm64"}.get((machine or "").lower(), (machine or "").lower())
+    from ..cpulevel import norm_arch
+
+    return norm_arch(machine)
 
 
 def _package_manager() -> str | None:
