@@ -316,7 +316,7 @@ class Supervisor:
                 return
             read_end, write_end = os.pipe()
             try:
-                rt.popen = process.spawn(argv, env, write_end)
+                rt.popen, rt.ident = process.spawn(argv, env, write_end)
             except OSError as exc:
                 os.close(read_end)
                 rt.popen = None
@@ -326,7 +326,6 @@ class Supervisor:
             finally:
                 os.close(write_end)  # the child has its copy; ours would keep the pipe open
             rt.started_at = time.monotonic()
-            rt.ident = process.identity_of(rt.popen.pid) or process.Identity(rt.popen.pid, time.time(), rt.popen.pid)
             gen = rt.generation
         self._write_processes()
         threading.Thread(target=self._pump_log, args=(rt, read_end), daemon=True, name=f"log-{rt.name}").start()

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from . import client, llamafarm, store
+from .errors import FarmhandError
 from .ledger import Ledger
 from .paths import Paths
 from .steps import LAUNCHER_MARK
@@ -39,15 +40,22 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
                            f"`ollama rm NAME`)" if models else ""))
     for project, record in ledger.projects().items():
         path = Path(project)
-        if not path.exists():
-            continue
-        if record.get("created") and store.sha256_file(path) == record.get("sha256"):
-            path.unlink()
-            removed.append(str(path))
-        else:
-            llamafarm.write_merged(path, _empty_runtime_doc(), set(record.get("managed", [])),
-                                   record.get("default_written"))
-            kept.append(f"{path} (farmhand's runtime entries removed; the rest is yours)")
+        # One project file that cannot be handled (a link, another user's, unreadable) is said
+        # in the summary; it never stops destroy from removing the rest.
+        try:
+            if not path.is_file() or path.is_symlink():
+                if path.is_symlink():
+                    kept.append(f"{path} (a symbolic link, not farmhand's file: left as it is)")
+                continue
+            if record.get("created") and store.sha256_file(path) == record.get("sha256"):
+                path.unlink()
+                removed.append(str(path))
+            else:
+                llamafarm.write_merged(path, _empty_runtime_doc(), set(record.get("managed", [])),
+                                       record.get("default_written"))
+                kept.append(f"{path} (farmhand's runtime entries removed; the rest is yours)")
+        except (FarmhandError, OSError) as exc:
+            kept.append(f"{path} (left as it is: {exc})")
     model_paths = {r["path"] for r in ledger.resources() if r["kind"] == "model"}
     for resource in reversed(ledger.resources()):
         path = Path(resource["path"])

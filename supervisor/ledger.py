@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from . import projectfs
 from .paths import Paths, private_dir
 
 LEDGER_VERSION = 2
@@ -217,9 +218,7 @@ def sweep_temporaries(paths: Paths, projects: list[str] = ()) -> list[Path]:
 
     removed = []
     for project in projects:
-        for path in Path(project).parent.glob(f".{Path(project).name}.*.tmp"):
-            path.unlink(missing_ok=True)
-            removed.append(path)
+        removed += projectfs.remove_temporaries(Path(project))
     # Not the state directory: the supervisor (which takes no home lock) writes there.
     for root in (paths.models, paths.backends, paths.downloads, paths.wheelhouse, paths.cache, paths.cache / "tmp"):
         if not root.is_dir():

@@ -1,6 +1,6 @@
 """llamafarm.yaml: rendered from templates/ with jinja2, merged into the user's file, validated
 against LlamaFarm's schema, written atomically with a timestamped backup of the old file
-(the last BACKUPS_KEPT are kept).
+(the last projectfs.BACKUPS_KEPT are kept; projectfs says how a project dir is written safely).
 
 farmhand owns the runtime.models entries it wrote (one per role, remembered by name in the
 ledger) and runtime.default_model while it holds the value farmhand wrote. A default_model the
@@ -13,17 +13,13 @@ from __future__ import annotations
 import copy
 import io
 import re
-import shutil
-import time
 from pathlib import Path
 
-from . import __version__, yamlio
+from . import __version__, projectfs, yamlio
 from .errors import BadInput
-from .ledger import atomic_write
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 FILENAME = "llamafarm.yaml"
-BACKUPS_KEPT = 5
 
 
 def render(entries: list[dict], default_model: str, profile: str, project_dir: Path) -> str:
@@ -151,29 +147,16 @@ def write_merged(path: Path, desired_text: str, previously_managed: set[str],
                  written_default: str | None = None) -> Path | None:
     """Write the merged document; returns the backup path when an old file was replaced."""
     desired = yamlio.load_text(desired_text, "template llamafarm.yaml.j2")
+    projectfs.check_file(path)  # a link or another user's file is refused before it is read
     existing = load_existing(path)
     if existing is None:
         validate(desired, str(path))
-        atomic_write(path, desired_text, 0o644)
+        projectfs.write_config(path, desired_text, backup=False)
         return None
     plain = merged(existing, desired, previously_managed, written_default)
     validate(plain, str(path))
     text = _round_trip(path, desired, previously_managed, written_default)
-    backup = path.with_name(f"{path.name}.farmhand-backup-{time.strftime('%Y%m%dT%H%M%S')}")
-    n = 1
-    while backup.exists():  # two writes within one second keep both backups
-        backup = path.with_name(f"{path.name}.farmhand-backup-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
-        n += 1
-    shutil.copy2(path, backup)
-    atomic_write(path, text, path.stat().st_mode & 0o777)
-    for old in backups(path)[:-BACKUPS_KEPT]:
-        old.unlink(missing_ok=True)
-    return backup
-
-
-def backups(path: Path) -> list[Path]:
-    """farmhand's backups of `path`, oldest first."""
-    return sorted(path.parent.glob(f"{path.name}.farmhand-backup-*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return projectfs.write_config(path, text, backup=True)
 
 
 def _round_trip(path: Path, desired: dict, previously_managed: set[str], written_default: str | None) -> str:

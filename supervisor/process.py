@@ -1,8 +1,12 @@
 """Processes: identity, spawning, and the OS-specific stop beside them.
 
-Identity is pid + create_time (+ session id): a recycled pid never matches, so farmhand never
-signals a process it did not start. Each runtime is the leader of its own session, so one
-killpg reaches everything it forked. On Linux children get PR_SET_PDEATHSIG (they die with the
+Identity is pid + create_time + exe (+ session id and a session token): a recycled pid never
+matches, so farmhand never signals a process it did not start. Each runtime is the leader of its
+own session, so one killpg reaches everything it forked, but only while the leader itself is
+verified: a session id outlives its leader and, once the whole session is gone, may be handed to
+a stranger's new session. Members of a session whose leader is gone are farmhand's only when
+they carry the session's token in their environment (FARMHAND_SESSION, inherited through fork
+and exec), which a stranger's session does not. On Linux children get PR_SET_PDEATHSIG (they die with the
 supervisor) and the supervisor is a child subreaper (orphaned grandchildren come back to it);
 what survives a SIGKILLed supervisor anyway (a grandchild, which PDEATHSIG does not cover) is
 found by its session id on the next start and reaped.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,50 +29,87 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _prctl = _libc.prctl if _libc is not None else None
+SESSION_ENV = "FARMHAND_SESSION"  # the token every process of a farmhand-started session inherits
+CREATE_TIME_SLACK = 0.05  # psutil's create_time is derived from clock ticks: equal within this
 
 
 @dataclass(frozen=True)
 class Identity:
+    """Who a recorded process is: a pid alone names whoever holds that number now.
+    `exe` and `token` are empty in records written before they existed: such a leader is
+    matched on pid + create_time alone, and such a session's members only while it lives."""
+
     pid: int
     create_time: float
     sid: int
+    exe: str = ""
+    token: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> Identity:
-        return cls(int(data["pid"]), float(data["create_time"]), int(data.get("sid", data["pid"])))
+        """From a record on disk; ValueError (or TypeError, KeyError) when it has not that shape."""
+        return cls(int(data["pid"]), float(data["create_time"]), int(data.get("sid", data["pid"])),
+                   str(data.get("exe") or ""), str(data.get("token") or ""))
 
 
-def identity_of(pid: int) -> Identity | None:
+def new_session_token() -> str:
+    return secrets.token_hex(16)
+
+
+def _exe(proc: psutil.Process) -> str:
+    try:
+        return proc.exe()
+    except (psutil.Error, OSError):
+        return ""
+
+
+def identity_of(pid: int, token: str = "") -> Identity | None:
     try:
         proc = psutil.Process(pid)
-        return Identity(pid, proc.create_time(), os.getsid(pid))
+        return Identity(pid, proc.create_time(), os.getsid(pid), _exe(proc), token)
     except (psutil.Error, OSError):
         return None
 
 
 def is_alive(ident: Identity) -> bool:
-    """The very process we recorded is still running (not a zombie, not a recycled pid)."""
+    """The very process we recorded is still running (not a zombie, not a recycled pid: the same
+    start time and, where recorded, the same executable)."""
     try:
         proc = psutil.Process(ident.pid)
-        return abs(proc.create_time() - ident.create_time) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
+        if abs(proc.create_time() - ident.create_time) >= CREATE_TIME_SLACK or proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not ident.exe or _exe(proc) == ident.exe
     except psutil.Error:
         return False
 
 
-def session_members(ident: Identity) -> list[psutil.Process]:
-    """Live processes in the session `ident` led, started no earlier than it (so ours).
+def _carries_token(proc: psutil.Process, token: str) -> bool:
+    """The process inherited this session's token (an unreadable environment is a stranger's)."""
+    if not token:
+        return False
+    try:
+        return proc.environ().get(SESSION_ENV) == token
+    except (psutil.Error, OSError):
+        return False
 
-    Linux does not hand out a pid that is still some session's id, so while any member lives
-    the session id cannot belong to anyone else."""
+
+def session_members(ident: Identity) -> list[psutil.Process]:
+    """Live processes of the session `ident` led that are farmhand's.
+
+    While the verified leader lives, its session id is its own pid and nobody can join a session
+    from outside: every member is a descendant of ours. Once the leader is gone the session id
+    may have been handed to a stranger's new session, so a member counts only if it carries the
+    session's token."""
     return members_of_sessions([ident])[ident.sid]
 
 
 def members_of_sessions(idents: list[Identity]) -> dict[int, list[psutil.Process]]:
     """session_members for several sessions in one scan of the process table."""
-    wanted = {i.sid: i.create_time for i in idents}
+    wanted = {i.sid: i for i in idents}
+    leader_verified = {i.sid: i.pid == i.sid and is_alive(i) for i in idents}
     found: dict[int, list[psutil.Process]] = {sid: [] for sid in wanted}
     me = os.getpid()
     for proc in psutil.process_iter(["pid", "create_time", "status"]):
@@ -75,7 +117,10 @@ def members_of_sessions(idents: list[Identity]) -> dict[int, list[psutil.Process
             if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.pid == me:
                 continue
             sid = os.getsid(proc.pid)
-            if sid in wanted and proc.info["create_time"] >= wanted[sid] - 0.05:
+            ident = wanted.get(sid)
+            if ident is None or proc.info["create_time"] < ident.create_time - CREATE_TIME_SLACK:
+                continue
+            if leader_verified[sid] or _carries_token(proc, ident.token):
                 found[sid].append(proc)
         except (OSError, psutil.Error):
             continue
@@ -93,11 +138,13 @@ def _child_setup() -> None:  # runs in the child between fork and exec
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn(argv: list[str], env: dict[str, str], stdout) -> subprocess.Popen:
-    """Start argv as the leader of a new session; it dies if the spawning thread dies."""
-    return subprocess.Popen(
+def spawn(argv: list[str], env: dict[str, str], stdout) -> tuple[subprocess.Popen, Identity]:
+    """Start argv as the leader of a new session, carrying a fresh session token; it dies if the
+    spawning thread dies. Returns the process and its identity."""
+    token = new_session_token()
+    popen = subprocess.Popen(
         argv,
-        env=env,
+        env={**env, SESSION_ENV: token},
         stdin=subprocess.DEVNULL,
         stdout=stdout,
         stderr=subprocess.STDOUT,
@@ -105,6 +152,8 @@ def spawn(argv: list[str], env: dict[str, str], stdout) -> subprocess.Popen:
         preexec_fn=_child_setup,  # noqa: PLW1509 - a prebound prctl call, nothing else
         close_fds=True,
     )
+    # Popen returns once exec succeeded, so exe is the runtime's own, not this Python's.
+    return popen, identity_of(popen.pid, token) or Identity(popen.pid, time.time(), popen.pid, "", token)
 
 
 def run_captured(argv: list[str], ledger=None, env: dict | None = None) -> tuple[int, str, str]:
@@ -127,11 +176,13 @@ def run_helper(argv: list[str], ledger, *, env: dict | None = None, stdout=None,
     ledger first: if apply is killed, the next farmhand command on this home reaps the whole
     session (compilers included), identity-checked. PR_SET_PDEATHSIG ends the helper itself
     at once when apply dies."""
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=text,
+    token = new_session_token()
+    proc = subprocess.Popen(argv, env={**(os.environ if env is None else env), SESSION_ENV: token},
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=text,
                             start_new_session=True, preexec_fn=_child_setup,  # noqa: PLW1509 - prctl only
                             errors="replace" if text else None)
     if ledger is not None:
-        ident = identity_of(proc.pid) or Identity(proc.pid, 0.0, proc.pid)
+        ident = identity_of(proc.pid, token) or Identity(proc.pid, 0.0, proc.pid, "", token)
         ledger.add_helper(ident.to_json())
         proc.farmhand_ident = ident  # type: ignore[attr-defined]
     return proc
@@ -150,16 +201,20 @@ def finish_helper(proc: subprocess.Popen, ledger) -> None:
 
 
 def signal_session(ident: Identity, sig: int) -> int:
-    """Send `sig` to every live member of the runtime's session; how many were signalled."""
+    """Send `sig` to every live member of the runtime's session that is farmhand's; how many
+    were signalled. The group is signalled at once only while its leader is verified: a group id
+    whose leader is gone may be a stranger's."""
     sent = 0
-    try:
-        os.killpg(ident.sid, sig)  # the leader's group: reaches the common case in one call
-        sent += 1
-    except ProcessLookupError:
-        pass
+    grouped = ident.pid == ident.sid and is_alive(ident)
+    if grouped:
+        try:
+            os.killpg(ident.sid, sig)  # the leader's group: reaches the common case in one call
+            sent += 1
+        except ProcessLookupError:
+            grouped = False
     for proc in session_members(ident):  # members that moved to their own process group
         try:
-            if os.getpgid(proc.pid) == ident.sid:
+            if grouped and os.getpgid(proc.pid) == ident.sid:
                 continue  # killpg reached it: a second SIGTERM makes llama-server quit without cleanup
             proc.send_signal(sig)
             sent += 1
@@ -239,8 +294,14 @@ def reap_zombies(keep: set[int] = frozenset()) -> list[int]:
 
 
 def reap_leftovers(records: list[dict]) -> list[int]:
-    """Kill what a dead supervisor left: every recorded session's live members (identity-checked)."""
-    idents = [Identity.from_json(r) for r in records]
+    """Kill what a dead supervisor left: every recorded session's live members (identity-checked).
+    A record that is not an identity is passed over: it names nobody farmhand can vouch for."""
+    idents = []
+    for record in records:
+        try:
+            idents.append(Identity.from_json(record))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
     members = [p for procs in members_of_sessions(idents).values() for p in procs]
     killed = []
     for proc in members:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
-from . import installers, llamafarm, store
+from . import installers, llamafarm, projectfs, store
 from .deployment import ModelSpec
 from .errors import Unsupported
 from .ledger import Ledger, atomic_write, ensure_dir, file_fingerprint, fingerprint_matches
@@ -268,6 +268,7 @@ class ConfigStep(Step):
 
             raise EnvironmentProblem(f"{ctx.project_dir}: not writable, so farmhand cannot write llamafarm.yaml there "
                                      "(choose another --project-dir, or fix its owner or mode); nothing was changed")
+        projectfs.check_file(self.path(ctx))  # before anything is read through a planted link
         existing = llamafarm.load_existing(self.path(ctx))  # malformed YAML stops the run here
         if existing is not None:
             llamafarm.validate(self._desired(ctx, existing), str(self.path(ctx)))

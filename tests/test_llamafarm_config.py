@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import llamafarm
+from supervisor import llamafarm, projectfs
 
 DESIRED = {"version": "v1", "name": "p", "namespace": "default",
            "runtime": {"default_model": "default", "models": [
@@ -53,10 +53,10 @@ def test_backups_are_bounded(tmp_path):
     path.write_text("version: v1\nname: p\nnamespace: default\nruntime: {models: []}\n")
     text = llamafarm.render(DESIRED["runtime"]["models"], "default", "p", tmp_path)
     managed: set[str] = set()
-    for i in range(llamafarm.BACKUPS_KEPT + 3):
+    for i in range(projectfs.BACKUPS_KEPT + 3):
         path.write_text(path.read_text() + f"# edit {i}\n")
         llamafarm.write_merged(path, text, managed, "default")
         managed = {"default", "fast"}
-    backups = llamafarm.backups(path)
-    assert len(backups) == llamafarm.BACKUPS_KEPT
-    assert f"# edit {llamafarm.BACKUPS_KEPT + 2}" in backups[-1].read_text()
+    backups = projectfs.backups(path)
+    assert len(backups) == projectfs.BACKUPS_KEPT
+    assert f"# edit {projectfs.BACKUPS_KEPT + 2}" in backups[-1].read_text()
