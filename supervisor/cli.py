@@ -43,7 +43,10 @@ def _home_lock(paths, command: str, no_wait: bool):
     _HELD.append(lock)
     projects: list[str] = []
     if paths.ledger.exists():
-        ledger = Ledger(paths)
+        # down and destroy must work on a damaged ledger: they stop what they find by identity
+        ledger = Ledger(paths, tolerate_damage=command in ("down", "destroy"))
+        if ledger.damaged:
+            click.echo(f"farmhand: warning: {ledger.damaged}", err=True)
         ledger.reap_helpers()
         projects = list(ledger.projects())
     sweep_temporaries(paths, projects)
@@ -604,7 +607,8 @@ def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
 
     from . import sources, store
     from .deployment import NAME, ModelSpec
-    from .ledger import Ledger, ensure_dir, file_fingerprint
+    from .fsio import ensure_dir, file_fingerprint
+    from .ledger import Ledger
     from .progress import Reporter
 
     paths = _paths(ctx)
@@ -652,7 +656,8 @@ def _pull_repo(paths, source: str, name: str | None, as_json: bool, no_wait: boo
     """hf://ORG/REPO[@REV]: the whole repo into the store's Hugging Face cache (vLLM's HF_HOME)."""
     import time
 
-    from .ledger import Ledger, ensure_dir
+    from .fsio import ensure_dir
+    from .ledger import Ledger
     from .progress import Reporter
     from .sources import hf
 
@@ -726,7 +731,8 @@ def models_rm(ctx, name, as_json, no_wait):
 def models_verify(ctx, name, as_json):
     """Re-hash stored models and compare with the digest recorded when they were fetched."""
     from .errors import VerificationFailed
-    from .ledger import Ledger, file_fingerprint
+    from .fsio import file_fingerprint
+    from .ledger import Ledger
     from .store import sha256_file
 
     paths = _paths(ctx)
@@ -829,7 +835,7 @@ def bundle():
 @click.pass_context
 def bundle_create(ctx, out, profile, overrides, replay, facts_file, cpu_level, as_json, no_wait):
     """Write one archive with farmhand, its wheels, the built backend and the models for a target."""
-    from . import bundle as bundlemod
+    from . import bundle_create
     from .progress import Reporter
 
     paths = _paths(ctx)
@@ -847,7 +853,7 @@ def bundle_create(ctx, out, profile, overrides, replay, facts_file, cpu_level, a
                                       project_dir=Path.cwd(), live=True)
     report = Reporter(json_lines=as_json)
     try:
-        result = bundlemod.create(out_path, paths, ledger, built, facts, report, data)
+        result = bundle_create.create(out_path, paths, ledger, built, facts, report, data)
     finally:
         report.close()
 

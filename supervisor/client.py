@@ -14,40 +14,105 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FarmhandError
-from .lock import is_held
+import psutil
+
+from . import ports, process
+from .errors import Conflict, FarmhandError
+from .lock import holders, is_held
 from .paths import Paths, private_dir
+from .ports import client_host
+from .process import Identity, identity_of, is_alive
 
 
 def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+@dataclass(frozen=True)
+class SupervisorRecord:
+    """The running supervisor: who it is and where its /health listens. `damaged` says why its
+    record file could not be used when it was found by the lock it holds instead."""
+
+    ident: Identity
+    host: str
+    port: int
+    spec_digest: str = ""
+    damaged: str = ""
+
+    def to_json(self) -> dict:
+        return {**self.ident.to_json(), "host": self.host, "port": self.port, "spec_digest": self.spec_digest}
+
+
+def _parse_record(path: Path) -> tuple[SupervisorRecord | None, str]:
+    """(the record, "") or (None, why it is unusable; "" when there is none)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path} is unreadable ({exc})"
+    try:
+        data = json.loads(text)
+        return SupervisorRecord(Identity.from_json(data), str(data["host"]), int(data["port"]),
+                                str(data.get("spec_digest", ""))), ""
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None, f"{path} is damaged (not the supervisor's record)"
+
+
+def _listening_port(pid: int) -> tuple[str, int] | None:
+    try:
+        conns = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.Error:
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr:
+            return conn.laddr.ip, conn.laddr.port
+    return None
+
+
+def locate(paths: Paths) -> SupervisorRecord | None:
+    """The supervisor running for this home, if one runs: by its record when that names a live
+    process (identity-checked), else by the instance lock it holds, whatever the record says
+    (a damaged or lost supervisor.json must never make a running supervisor look stopped)."""
+    record, damaged = _parse_record(paths.supervisor_address)
+    if record is not None and is_alive(record.ident):
+        return record
+    for pid in holders(paths.supervisor_lock):
+        ident = identity_of(pid)
+        if ident is None or pid == os.getpid():
+            continue
+        try:
+            if psutil.Process(pid).cmdline()[-2:] != ["supervisor", "run"]:
+                continue
+        except psutil.Error:
+            continue
+        host, port = _listening_port(pid) or ("127.0.0.1", 0)
+        return SupervisorRecord(ident, host, port, "", damaged or f"{paths.supervisor_address} is missing")
+    return None
 
 
 def supervisor_record(paths: Paths) -> dict | None:
-    """The running supervisor's address record, if that very process still runs."""
-    record = _read_json(paths.supervisor_address)
-    if not record:
-        return None
-    from .process import Identity, is_alive
-
-    return record if is_alive(Identity.from_json(record)) else None
+    """The running supervisor's address record (locate), as the JSON it writes."""
+    found = locate(paths)
+    return found.to_json() if found else None
 
 
 def health(paths: Paths, timeout: float = 2.0) -> dict | None:
-    record = _read_json(paths.supervisor_address)
-    if not record:
+    found = locate(paths)
+    if found is None or not found.port:
         return None
-    conn = http.client.HTTPConnection(record["host"], record["port"], timeout=timeout)
+    conn = http.client.HTTPConnection(client_host(found.host), found.port, timeout=timeout)
     try:
         conn.request("GET", "/health")
         body = json.loads(conn.getresponse().read())
-        return body if body.get("supervisor", {}).get("pid") == record["pid"] else None
-    except (OSError, http.client.HTTPException, ValueError):
+        return body if body.get("supervisor", {}).get("pid") == found.ident.pid else None
+    except (OSError, http.client.HTTPException, ValueError, AttributeError):
         return None
     finally:
         conn.close()
@@ -69,7 +134,6 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
     if record is not None:
         body = health(paths, timeout=2.0)
         if body is None:
-            from .errors import Conflict
 
             raise Conflict(f"the supervisor (pid {record['pid']}) is not responding (stopped or hung); farmhand will "
                            "not start a second one beside it. `farmhand down` stops it (SIGKILL after 60 s)")
@@ -108,7 +172,6 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
         for r in failed:
             lines.append(f"{r['name']}: {r['last_error']}")
             lines += [f"  | {line}" for line in r.get("log_tail", [])[-5:]]
-        from .errors import Conflict
 
         err = Conflict if any("held by" in (r["last_error"] or "") for r in failed) else FarmhandError
         raise err("runtime failed: " + "\n".join(lines))
@@ -120,37 +183,47 @@ def _reap_later(child: subprocess.Popen) -> None:
     child.returncode = 0
 
 
-def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
-    """Stop the supervisor and its runtimes. Idempotent: nothing running is success."""
-    from . import ports, process
+def process_records(paths: Paths) -> list[dict]:
+    """The runtime identities a supervisor recorded (state/processes.json); a damaged file names
+    nobody (process.reap_leftovers checks each record's shape again)."""
+    data = _read_json(paths.processes)
+    runtimes = data.get("runtimes") if isinstance(data, dict) else None
+    return [r for r in runtimes.values() if isinstance(r, dict)] if isinstance(runtimes, dict) else []
 
+
+def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
+    """Stop the supervisor and its runtimes. Idempotent: nothing running is success. The
+    supervisor is found by its record or by the lock it holds, and "stopped" is said only once it
+    is seen gone."""
     t0 = time.monotonic()
-    record = supervisor_record(paths)
-    specs = _read_json(paths.runtimes) or {"runtimes": []}
+    found = locate(paths)
+    specs = _read_json(paths.runtimes)
     result = {"stopped": False, "reaped": [], "seconds": 0.0}
-    if record is not None:
-        ident = process.Identity.from_json(record)
-        os.kill(ident.pid, signal.SIGTERM)
-        os.kill(ident.pid, signal.SIGCONT)  # a stopped (SIGSTOP) supervisor must run to act on it
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while process.is_alive(ident) and time.monotonic() < deadline:
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.01)
-        if process.is_alive(ident):
-            os.kill(ident.pid, signal.SIGKILL)
+    if found is not None:
+        ident = found.ident
+        process.signal_process(ident, signal.SIGTERM)
+        process.signal_process(ident, signal.SIGCONT)  # a stopped (SIGSTOP) supervisor must run to act on it
+        if not process.wait_gone(ident, timeout):
+            process.signal_process(ident, signal.SIGKILL)
+            if not process.wait_gone(ident, 5.0):
+                raise FarmhandError(f"the supervisor (pid {ident.pid}) is still running after SIGKILL; "
+                                    "nothing else was stopped")
         result["stopped"] = True
+        if found.damaged:
+            result["note"] = f"found the supervisor by its lock: {found.damaged}"
     # Whatever a killed supervisor left behind (identity-checked, never a stranger).
-    leftovers = (_read_json(paths.processes) or {}).get("runtimes", {})
+    leftovers = process_records(paths)
     if leftovers:
-        result["reaped"] = process.reap_leftovers(list(leftovers.values()))
-        paths.processes.unlink(missing_ok=True)
-    if record is None or not process.is_alive(process.Identity.from_json(record)):
+        result["reaped"] = process.reap_leftovers(leftovers)
+    paths.processes.unlink(missing_ok=True)
+    if locate(paths) is None:
         paths.supervisor_address.unlink(missing_ok=True)
         if paths.supervisor_lock.exists() and not is_held(paths.supervisor_lock):
             paths.supervisor_lock.unlink(missing_ok=True)
-    for runtime in specs["runtimes"]:
-        ports.wait_free(runtime["port"], 5.0)
+    runtimes = specs.get("runtimes") if isinstance(specs, dict) else None
+    for runtime in runtimes if isinstance(runtimes, list) else []:
+        if isinstance(runtime, dict) and isinstance(runtime.get("port"), int):
+            ports.wait_free(runtime["port"], 5.0)
     result["seconds"] = round(time.monotonic() - t0, 4)
     return result
 

@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 
 from . import ports, process
 from .errors import Conflict, FarmhandError
+from .fsio import atomic_write
 from .health import HealthServer
-from .ledger import atomic_write
 from .lock import InstanceLock, LockHeld
 from .notify import sd_notify
 from .paths import Paths

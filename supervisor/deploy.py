@@ -12,7 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import client
+from .errors import FarmhandError
+from .fsio import atomic_write
+from .ledger import Ledger
 from .llamafarm import template_env
+from .lock import HomeLock
 from .paths import Paths, resolve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +64,6 @@ def _systemctl(paths: Paths, *args: str, check: bool = True) -> subprocess.Compl
     scope = [] if system_scope(paths) else ["--user"]
     proc = subprocess.run(["systemctl", *scope, *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
-        from .errors import FarmhandError
 
         raise FarmhandError(f"systemctl {' '.join([*scope, *args])} failed (exit {proc.returncode}): "
                             f"{(proc.stderr or proc.stdout).strip()[-300:]}")
@@ -69,8 +73,6 @@ def _systemctl(paths: Paths, *args: str, check: bool = True) -> subprocess.Compl
 def deploy(paths: Paths) -> dict:
     """Install (only when its text changed), enable and start the unit. An admin's drop-ins
     (farmhand.service.d/) are theirs: never read, written or removed here."""
-    from . import client
-    from .ledger import Ledger, atomic_write
 
     unit = unit_path(paths)
     text = render_unit(paths)
@@ -118,8 +120,6 @@ def undeploy(paths: Paths, ledger) -> list[str]:
 def main() -> int:
     import json
 
-    from .errors import FarmhandError
-    from .lock import HomeLock
 
     paths = resolve(system=os.environ.get("FARMHAND_SYSTEM") == "1")
     as_json = "--json" in sys.argv[1:]

@@ -13,8 +13,10 @@ import shutil
 from pathlib import Path
 
 from . import client, llamafarm, store
+from .deploy import undeploy
 from .errors import FarmhandError
-from .ledger import Ledger
+from .fsio import atomic_write
+from .ledger import Ledger, sweep_temporaries
 from .paths import Paths
 from .steps import LAUNCHER_MARK
 
@@ -22,15 +24,16 @@ from .steps import LAUNCHER_MARK
 def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     """Remove what the ledger recorded (and what an interrupted run left). The caller holds the
     home lock; it is let go, and its file removed, last."""
-    from .deploy import undeploy
-    from .ledger import sweep_temporaries
 
-    ledger = Ledger(paths)
+    ledger = Ledger(paths, tolerate_damage=True)
     removed_units = undeploy(paths, ledger)  # systemd stops its supervisor; then nothing restarts it
     client.down(paths)
     ledger.reap_helpers()
     sweep_temporaries(paths, list(ledger.projects()))
     removed, kept = list(removed_units), []
+    if ledger.damaged:
+        kept.append(f"whatever the damaged ledger listed outside farmhand's own directories (a llamafarm.yaml "
+                    f"farmhand wrote, a unit file) is not known and stays: {ledger.damaged.split(';')[0]}")
     for name, record in (ledger.data.get("runtimes") or {}).items():
         if record.get("external"):
             models = [a["name"] for k, a in ledger.data["artifacts"].items()
@@ -76,7 +79,6 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
             m["path"].startswith(r["path"] + "/") for m in kept_models)]
         index = {"resources": dirs + kept_models,
                  "artifacts": {k: v for k, v in ledger.data["artifacts"].items() if k.startswith("model:")}}
-        from .ledger import atomic_write
 
         atomic_write(ledger.store_index, json.dumps(index, indent=1) + "\n", 0o600)
     # farmhand's own directories hold nothing but farmhand's, so whatever a lost or interrupted

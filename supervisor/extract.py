@@ -19,7 +19,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from .errors import VerificationFailed
+from .errors import EnvironmentProblem, VerificationFailed
 
 
 class UnsafeArchive(VerificationFailed):
@@ -56,7 +56,6 @@ def _open_tar(path: Path, name: str):
         try:
             import zstandard
         except ImportError:
-            from .errors import EnvironmentProblem
 
             raise EnvironmentProblem("extracting .tar.zst needs the zstandard package "
                                      "(pip install zstandard in farmhand's venv)") from None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FarmhandError, VerificationFailed
+from .lock import FileLock
 
 GGUF_VERSIONS = (1, 2, 3)
 
@@ -103,7 +104,6 @@ def produce(dest: Path, expect: Expect, label: str, write, origin: str = "") -> 
     """Make `dest` through `write(partial) -> Result`, under a per-file lock; checked, owner-only,
     renamed into place only when whole. A `dest` already there (another process made it while we
     waited for the lock) is checked and kept; one that fails the check is made again."""
-    from .lock import FileLock
 
     with FileLock(dest.with_name(f".farmhand-lock-{dest.name}")):
         if dest.exists():
@@ -206,8 +206,6 @@ def _transfer(url, partial: Path, expect: Expect, label, report, headers, policy
         except _Local as exc:
             raise exc.error from None  # the disk, not the network: no retry helps
         except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
-            from .sources import short_reason
-
             why = short_reason(exc)
         finally:
             if partial.exists():
@@ -295,3 +293,14 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def short_reason(exc: Exception) -> str:
+    """A requests exception as a few words a person can act on."""
+    text = str(exc)
+    if "NameResolutionError" in text or "Name or service not known" in text:
+        return "name does not resolve (offline?)"
+    for marker in ("Connection refused", "timed out", "Network is unreachable"):
+        if marker in text:
+            return marker.lower()
+    return type(exc).__name__

@@ -1,12 +1,66 @@
 """The supervisor's GET /health on loopback: every runtime's state as JSON, 200 when all are
-ready and 503 otherwise (what systemd, Kubernetes probes and `farmhand status` read)."""
+ready and 503 otherwise (what systemd, Kubernetes probes and `farmhand status` read).
+
+Probes arrive in bursts (a kubelet, a load balancer, a user's watch loop), so the server is
+threaded with a real listen backlog, and bounded: at most MAX_HANDLERS requests are handled at
+once, the rest wait in the kernel's queue instead of being refused, and a client that sends
+nothing is dropped after HANDLER_TIMEOUT_S. A request whose Host header names another site is
+refused (DNS rebinding: a page in the host's browser must not read the supervisor)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+
+BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
+MAX_HANDLERS = 64
+HANDLER_TIMEOUT_S = 5.0
+
+
+def host_allowed(header: str | None) -> bool:
+    """A Host header a rebinding attack cannot produce: an IP address (a probe of the pod's IP
+    included) or `localhost`. A DNS name is how a foreign page reaches a loopback server, so any
+    other name is refused. HTTP/1.0 clients send none."""
+    if not header:
+        return True
+    name = header.strip().lower()
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    request_queue_size = BACKLOG
+    daemon_threads = True
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        self._slots.acquire()  # blocks accepting, never refuses: the backlog holds the rest
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class HealthServer:
@@ -14,7 +68,12 @@ class HealthServer:
         """Bind now (OSError when the port is held); serve once start() is called."""
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = HANDLER_TIMEOUT_S
+
             def do_GET(self):  # noqa: N802 - http.server's naming
+                if not host_allowed(self.headers.get("Host")):
+                    self.send_error(403, "unexpected Host header")
+                    return
                 if self.path.split("?")[0] != "/health":
                     self.send_error(404)
                     return
@@ -29,8 +88,7 @@ class HealthServer:
             def log_message(self, *args):
                 pass
 
-        self.http = ThreadingHTTPServer((host, port), Handler)
-        self.http.daemon_threads = True
+        self.http = _BoundedServer((host, port), Handler)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -17,63 +17,42 @@ Process identities live in the supervisor's own file (paths.processes; see proce
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from . import projectfs
-from .paths import Paths, private_dir
+from .errors import BadInput
+from .fsio import atomic_write
+from .paths import Paths
+from .process import reap_leftovers
 
 LEDGER_VERSION = 2
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError) and not exc.filename:
-            exc.filename = str(path)
-        raise
-
-
 class Ledger:
-    def __init__(self, paths: Paths):
+    def __init__(self, paths: Paths, *, tolerate_damage: bool = False):
+        """The ledger of `paths`. A damaged file is BadInput, or with `tolerate_damage` (the
+        commands that stop and remove things) an empty ledger whose `damaged` says why."""
         self.path = paths.ledger
         self.store_index = paths.store_index
         self._lock = threading.RLock()  # steps run in parallel threads
         self.data: dict[str, Any] = {"version": LEDGER_VERSION, "resources": [], "artifacts": {},
                                      "selection": {}, "ports": {}, "projects": {}}
+        self.damaged = ""  # with tolerate_damage: why the file on disk could not be read
         if self.path.exists():
             try:
-                loaded = json.loads(self.path.read_text())
-            except json.JSONDecodeError as exc:
-                from .errors import BadInput
-
-                raise BadInput(f"{self.path}:{exc.lineno}: ledger is not valid JSON ({exc.msg})") from None
-            if not isinstance(loaded, dict):
-                from .errors import BadInput
-
-                raise BadInput(f"{self.path}:1: ledger is not a JSON object")
+                loaded = self._read(self.path)
+            except BadInput as exc:
+                if not tolerate_damage:
+                    raise
+                self.damaged = str(exc)
+                return
             if loaded.get("version", 1) < LEDGER_VERSION:
                 # 0.1 kept one model per profile; a 0.2 plan re-selects per role.
                 loaded.pop("selection", None)
             old = loaded.pop("config", None)  # 0.1 kept one project
-            if old and old.get("path"):
+            if isinstance(old, dict) and old.get("path"):
                 loaded.setdefault("projects", {})[old["path"]] = {k: v for k, v in old.items() if k != "path"}
             self.data.update(loaded)
             self.data["version"] = LEDGER_VERSION
@@ -86,6 +65,32 @@ class Ledger:
                 self.data["artifacts"] = kept.get("artifacts", {})
             except json.JSONDecodeError:
                 pass
+
+    SHAPE = {"resources": list, "artifacts": dict, "selection": dict, "ports": dict, "projects": dict,
+             "helpers": list, "runtimes": dict, "version": int}
+    RECOVER = ("`farmhand down` and `farmhand destroy` still stop what they find by identity; to start over, move it "
+               "aside (mv {path} {path}.damaged) and run `farmhand apply`, which re-verifies what is on disk")
+
+    @classmethod
+    def _read(cls, path: Path) -> dict:
+        """The ledger's JSON, checked for its shape; BadInput saying what is wrong and how to recover."""
+        recover = cls.RECOVER.format(path=path)
+        try:
+            loaded = json.loads(path.read_bytes().decode())
+        except UnicodeDecodeError:
+            raise BadInput(f"{path}:1: ledger is not UTF-8 text; {recover}") from None
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"{path}:{exc.lineno}: ledger is not valid JSON ({exc.msg}); {recover}") from None
+        if not isinstance(loaded, dict):
+            raise BadInput(f"{path}:1: ledger is not a JSON object; {recover}")
+        for key, kind in cls.SHAPE.items():
+            if key in loaded and not isinstance(loaded[key], kind):
+                raise BadInput(f"{path}: ledger's {key} is not a {kind.__name__}; {recover}")
+        for entry in loaded.get("resources", []):
+            if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("kind"), str)):
+                raise BadInput(f"{path}: ledger's resources hold an entry that is not {{kind, path}}: {entry!r:.80}; "
+                               f"{recover}")
+        return loaded
 
     # resources ---------------------------------------------------------------------------------
     def add_resource(self, kind: str, path: Path, step: str) -> None:
@@ -134,7 +139,6 @@ class Ledger:
 
     def reap_helpers(self) -> list[int]:
         """Kill the sessions of helpers an interrupted apply left running (identity-checked)."""
-        from .process import reap_leftovers
 
         with self._lock:
             helpers, self.data["helpers"] = list(self.data.get("helpers", [])), []
@@ -177,33 +181,6 @@ class Ledger:
         with self._lock:
             text = json.dumps(self.data, indent=1, sort_keys=True) + "\n"
             atomic_write(self.path, text, 0o600)
-
-
-def ensure_dir(path: Path, ledger: Ledger, step: str) -> Path:
-    """Create a directory (and parents), owner-only, each recorded before it is made."""
-    private_dir(path, before_each=lambda directory: ledger.add_resource("dir", directory, step))
-    return Path(path)
-
-
-FINGERPRINT = ("size", "mtime_ns", "ctime_ns", "inode")
-
-
-def file_fingerprint(path: Path) -> dict:
-    """What a verified file looked like. ctime and the inode cannot be set back from userspace
-    (`touch -r` restores mtime only), so a file changed in place never passes for verified."""
-    st = Path(path).stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-            "inode": st.st_ino}
-
-
-def fingerprint_matches(record: dict | None, path: Path) -> bool:
-    if not record:
-        return False
-    try:
-        now = file_fingerprint(path)
-    except OSError:
-        return False
-    return all(now[k] == record.get(k) for k in FINGERPRINT)
 
 
 TEMPORARY = (".farmhand-*", "*.partial", ".*.tmp")

@@ -15,7 +15,7 @@ import io
 import re
 from pathlib import Path
 
-from . import __version__, projectfs, yamlio
+from . import __version__, memo, projectfs, yamlio
 from .errors import BadInput
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -26,7 +26,6 @@ def render(entries: list[dict], default_model: str, profile: str, project_dir: P
     """llamafarm.yaml text for farmhand's entries. Values are written as JSON (valid YAML),
     so any field LlamaFarm accepts on a model (prompts, model_api_parameters, tools...) passes
     through unchanged."""
-    from . import memo
 
     template = (TEMPLATES / "llamafarm.yaml.j2").read_text()
     key = memo.digest(template, entries, default_model, profile, str(project_dir.resolve()), __version__)

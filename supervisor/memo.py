@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from .fsio import atomic_write
+from .paths import private_dir
+
 _file: Path | None = None
 _data: dict | None = None
 MAX_ENTRIES = 256
@@ -61,8 +64,6 @@ def flush() -> None:
     global _dirty
     if not _dirty or _file is None or _data is None:
         return
-    from .ledger import atomic_write
-    from .paths import private_dir
 
     data = _data
     if len(data) > MAX_ENTRIES:

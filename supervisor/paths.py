@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import BadInput, EnvironmentProblem
+
 APP = "farmhand"
 
 
@@ -124,7 +126,6 @@ def private_dir(path: Path, before_each=None) -> list[Path]:
 
 
 def resolve(system: bool = False) -> Paths:
-    from .errors import BadInput, EnvironmentProblem
 
     home = os.environ.get("FARMHAND_HOME")
     if home:

@@ -16,15 +16,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import bundle, deployment, gguf, installers, memo, ports, profiles, sources, steps, store
+from . import (
+    bundle,
+    declare,
+    deployment,
+    gguf,
+    installers,
+    llamafarm,
+    memo,
+    portowners,
+    ports,
+    profiles,
+    sources,
+    steps,
+    store,
+)
 from .backends import Backend, get_backend
 from .backends.base import RunningServer
 from .deployment import DeploymentDecl, ModelSpec
-from .errors import FarmhandError
+from .errors import EnvironmentProblem, FarmhandError
+from .fsio import FINGERPRINT, file_fingerprint
 from .ledger import Ledger
 from .paths import Paths
 from .policy import RestartPolicy
 from .selection import Oracle, PlanRefused, Selection, select
+from .sources import hf
 from .specs import RuntimeSpec, SupervisorSpec
 
 
@@ -148,7 +164,6 @@ class SpecRenderer:
 
 def _identity(files: list[Path]) -> str:
     """A digest of the files' fingerprints (a missing file counts as missing)."""
-    from .ledger import FINGERPRINT, file_fingerprint
 
     prints = []
     for path in files:
@@ -212,7 +227,6 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
                 return RunningServer(url, int(url.rsplit(":", 1)[-1]), version)
             # Relied on since it was adopted: a second Ollama (or another profile) in its place
             # would surprise more than this error does.
-            from .errors import EnvironmentProblem
 
             raise EnvironmentProblem(
                 f"the {backend.name} at {url} that runtime {decl.name} uses (farmhand did not start it) does not "
@@ -221,7 +235,7 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
         if pinned or not live:  # farmhand ran its own last time: keep doing so
             return None
         port = backend.default_port
-        if ports.is_free(port) or ports.PortCheck(paths).holder_is_ours(port):
+        if ports.is_free(port) or portowners.PortCheck(paths).holder_is_ours(port):
             return None
         url = f"http://127.0.0.1:{port}"
         version = backend.running_version(url)
@@ -272,7 +286,6 @@ def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> 
         if scheme == "hf":
             from huggingface_hub.utils import build_hf_headers
 
-            from .sources import hf
 
             headers = build_hf_headers(token=hf.token())  # requests drops it on a redirect to the CDN
         key = memo.digest("url", url)
@@ -306,7 +319,7 @@ def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profi
     first_refusal: PlanRefused | None = None
     for match in order:
         profile = profiles.apply_overrides(match.profile, overrides, overrides_source)
-        decl = deployment.from_profile(profile, f"profile {profile['name']}")
+        decl = declare.from_profile(profile, f"profile {profile['name']}")
         sources.configure(sources.Mirrors.resolve(profile.get("mirrors")), hf_home=paths.hf_home)
         try:
             selection = select(decl, facts, oracle, None if reselect else ledger.pinned_roles(profile["name"]))
@@ -328,7 +341,7 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
     profile = match.profile
     sup = profile.get("supervisor") or {}
     requests, port_sources = _port_requests(decl, selection, port_args, sup)
-    assigned = ports.assign(requests, ledger.ports(), ports.PortCheck(paths) if live else (lambda port: True))
+    assigned = ports.assign(requests, ledger.ports(), portowners.PortCheck(paths) if live else (lambda port: True))
     for rt in selection.runtimes.values():
         if rt.external:
             assigned[rt.name] = rt.external.port
@@ -339,7 +352,6 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
                 f"request needs the key in ${rt.decl.api_key_env}")
     renderer = SpecRenderer(selection, paths, assigned[ports.SUPERVISOR], sup, oracle.header)
     entries = llamafarm_entries(selection)
-    from . import llamafarm
 
     rendered = llamafarm.render(entries, selection.default_role, profile["name"], project_dir)
     config_path = project_dir / llamafarm.FILENAME

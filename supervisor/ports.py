@@ -1,4 +1,5 @@
-"""Ports: which one each runtime gets, is one free, who holds it, and is the holder ours.
+"""Ports: which one each runtime gets, is one free, and who holds it (whether the holder is
+farmhand's own: portowners.py).
 
 Each runtime (and the supervisor's /health) gets the port asked for (`--port`, overrides, the
 profile), else the one the last apply gave it, else its backend's default, else the next free
@@ -8,19 +9,22 @@ process farmhand did not start is an error that names the holder; farmhand never
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from .errors import BadInput, Conflict
-from .paths import Paths
 
 SUPERVISOR = "supervisor"
 SUPERVISOR_DEFAULT_PORT = 11545
 RESERVED = {8000: "LlamaFarm's own server", 11540: "LlamaFarm's universal runtime"}
 SEARCH_SPAN = 200  # how far above a default to look for a free port
+
+
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
 
 
 def validate(port: int, what: str = "port") -> int:
@@ -114,74 +118,3 @@ def holder(port: int) -> tuple[int | None, str]:
                 cmd = "?"
             return conn.pid, cmd
     return None, "an unknown process"
-
-
-def our_pids(paths: Paths) -> set[int]:
-    """Pids of the supervisor and the runtime sessions farmhand started (identity-checked)."""
-    from .process import Identity, is_alive, session_members
-
-    pids: set[int] = set()
-    for file in (paths.supervisor_address, paths.processes):
-        try:
-            data = json.loads(file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        records = data.get("runtimes", {}).values() if "runtimes" in data else [data]
-        for record in records:
-            if "pid" not in record or "create_time" not in record:
-                continue
-            ident = Identity.from_json(record)
-            if is_alive(ident):
-                pids.add(ident.pid)
-            pids.update(p.pid for p in session_members(ident))
-    return pids
-
-
-class PortCheck:
-    """"May farmhand use this port?" for one plan: free, or held by this farmhand home's own
-    processes. This home's supervisor is asked first (one loopback request: a no-op re-run finds
-    every port held, by its own runtimes); sockets and processes are scanned only for a port
-    it does not account for."""
-
-    def __init__(self, paths: Paths):
-        self.paths = paths
-        self._ours: set[int] | None = None
-        self._served: set[int] | None = None
-
-    def served_by_our_supervisor(self, port: int) -> bool:
-        if self._served is None:
-            from . import client
-
-            health = client.health(self.paths) or {}
-            self._served = {r["port"] for r in health.get("runtimes", []) if r.get("state") in ("starting", "ready")}
-            record = client.supervisor_record(self.paths) if health else None
-            if record:
-                self._served.add(record["port"])
-        return port in self._served
-
-    def holder_is_ours(self, port: int) -> bool:
-        if self.served_by_our_supervisor(port):
-            return True
-        pid, _ = holder(port)
-        if pid is None:
-            return False
-        if self._ours is None:
-            self._ours = our_pids(self.paths)
-        return pid in self._ours
-
-    def __call__(self, port: int) -> bool:
-        return is_free(port) or self.holder_is_ours(port)
-
-
-def ensure_free_or_ours(port: int, paths: Paths, name: str, source: str = "") -> None:
-    if is_free(port):
-        return
-    pid, cmd = holder(port)
-    if pid is not None and pid in our_pids(paths):
-        return
-    who = f"pid {pid} ({cmd})" if pid is not None else cmd
-    asked = f" (asked for by {source})" if source else ""
-    raise Conflict(
-        f"port {port} for {name}{asked} is held by {who}, which farmhand did not start; farmhand will not "
-        f"stop it. Free the port or choose another one."
-    )

@@ -86,6 +86,29 @@ def is_alive(ident: Identity) -> bool:
         return False
 
 
+def signal_process(ident: Identity, sig: int) -> bool:
+    """Send `sig` to the recorded process itself, only if it is still that process."""
+    if not is_alive(ident):
+        return False
+    try:
+        psutil.Process(ident.pid).send_signal(sig)  # psutil checks the start time again
+        return True
+    except psutil.Error:
+        return False
+
+
+def wait_gone(ident: Identity, timeout: float) -> bool:
+    """Wait (polling, growing from 1 ms to 10 ms) until the recorded process is gone."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while is_alive(ident):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.01)
+    return True
+
+
 def _carries_token(proc: psutil.Process, token: str) -> bool:
     """The process inherited this session's token (an unreadable environment is a stranger's)."""
     if not token:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import yamlio
+from . import declare, deployment, ports, yamlio
 from .errors import BadInput
 
 GIB = 1024**3
@@ -55,11 +55,10 @@ def load_profiles(directory: Path = PROFILES_DIR) -> list[dict]:
 
 def check(doc: dict, source: str) -> None:
     """Schema, then what the schema cannot say: references, backends, reserved ports."""
-    from . import deployment, ports
 
     deployment.check_legacy(doc, source)
     yamlio.validate(doc, "profile", source)
-    deployment.from_profile(doc, source)
+    declare.from_profile(doc, source)
     for name, runtime in (doc["deployment"].get("runtimes") or {}).items():
         if runtime and runtime.get("port") is not None:
             ports.validate(runtime["port"], f"{source}: deployment.runtimes.{name}.port")
@@ -71,7 +70,6 @@ def apply_overrides(profile: dict, overrides: dict | None, source: str) -> dict:
     """Merge user overrides on top of a profile (Helm values: `null` removes a key) and check it."""
     if not overrides:
         return profile
-    from . import deployment
 
     deployment.check_legacy(overrides, source)
     merged = yamlio.deep_merge({k: v for k, v in profile.items() if not k.startswith("_")}, overrides)

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
-from . import installers, llamafarm, projectfs, store
+from . import bundle, client, installers, llamafarm, portowners, ports, projectfs, sources, store
+from .backends.base import InstallRejected, NotAnswering
 from .deployment import ModelSpec
-from .errors import Unsupported
-from .ledger import Ledger, atomic_write, ensure_dir, file_fingerprint, fingerprint_matches
-from .paths import Paths
+from .errors import EnvironmentProblem, FarmhandError, Unsupported
+from .fsio import atomic_write, ensure_dir, file_fingerprint, fingerprint_matches
+from .ledger import Ledger
+from .paths import Paths, private_dir
+from .sources import SourceFailed, hf
 
 
 @dataclass
@@ -104,7 +107,6 @@ class InstallStep(Step):
     def _verify(self, ctx: Context, prefix, binary) -> str | None:
         """The backend's check that the install works here; one that does not is removed whole
         (a GPU build running on the CPU must never be recorded as the GPU backend)."""
-        from .backends.base import InstallRejected
 
         try:
             return self.backend.verify_install(binary, self.spec.variant)
@@ -139,7 +141,6 @@ class ModelStep(Step):
             return Status(True, f"{self.path(ctx)} (sha256 {record['sha256'][:12]}…, verified {record.get('source', '')})")
         if self.path(ctx).exists():
             return Status(False, f"{self.path(ctx)} changed since it was verified: will verify again")
-        from . import bundle, sources
 
         offline = bundle.active()
         if offline and offline.model_member(self.model.sha256):
@@ -180,7 +181,6 @@ class RepoStep(Step):
         self.id = f"model:{name}"
 
     def _dir(self, ctx: Context) -> Path:
-        from .sources import hf
 
         return ctx.paths.hf_home / "hub" / ("models--" + hf.parse(self.source).repo.replace("/", "--"))
 
@@ -193,7 +193,6 @@ class RepoStep(Step):
         return Status(False, f"will download {self.source} into {repo_dir}")
 
     def apply(self, ctx: Context) -> str:
-        from .sources import SourceFailed, hf
 
         ensure_dir(ctx.paths.hf_home, ctx.ledger, self.id)
         repo_dir = self._dir(ctx)
@@ -201,7 +200,6 @@ class RepoStep(Step):
         try:
             repo_dir = hf.fetch_repo(self.source, ctx.paths.hf_home, ctx.report)
         except SourceFailed as exc:
-            from .errors import EnvironmentProblem
 
             raise EnvironmentProblem(f"{self.name}: {exc}") from None
         record = hf.repo_record(repo_dir, self.source)
@@ -264,7 +262,6 @@ class ConfigStep(Step):
 
     def preflight(self, ctx: Context) -> None:
         if not os.access(ctx.project_dir, os.W_OK):
-            from .errors import EnvironmentProblem
 
             raise EnvironmentProblem(f"{ctx.project_dir}: not writable, so farmhand cannot write llamafarm.yaml there "
                                      "(choose another --project-dir, or fix its owner or mode); nothing was changed")
@@ -323,7 +320,6 @@ class DirStep(Step):
         return Status(True, str(self.path)) if self.path.is_dir() else Status(False, f"will create {self.path}")
 
     def apply(self, ctx: Context) -> str:
-        from .paths import private_dir
 
         ensure_dir(self.path.parent, ctx.ledger, self.id)
         ctx.ledger.add_resource(self.kind, self.path, self.id)
@@ -348,7 +344,6 @@ class StoreModelStep(Step):
         return self.backend.model_store(self.runtime.url)
 
     def check(self, ctx: Context) -> Status:
-        from .backends.base import NotAnswering
 
         verb = "import" if self.imported else "pull"
         try:
@@ -374,7 +369,6 @@ class StoreModelStep(Step):
             detail = store_.pull(self.served, ctx.report)
         held = store_.present()
         if self.name not in held:
-            from .errors import FarmhandError
 
             raise FarmhandError(f"{self.runtime.name}: {self.name} is not in its store after: {detail}")
         ctx.ledger.set_artifact(self.id, {"name": self.name, "digest": held[self.name]})
@@ -393,7 +387,6 @@ class LoadStep(Step):
         self.id = f"load:{runtime.name}/{name}"
 
     def check(self, ctx: Context) -> Status:
-        from .backends.base import NotAnswering
 
         try:
             loaded = self.runtime.backend.model_store(self.runtime.url).loaded()
@@ -469,8 +462,6 @@ class RuntimeStep(Step):
     def preflight(self, ctx: Context) -> None:
         import re
 
-        from . import ports
-        from .errors import EnvironmentProblem
 
         spec = self.spec_of()
         for runtime in spec.runtimes:
@@ -481,13 +472,12 @@ class RuntimeStep(Step):
                             f"{var} is not set (or empty): refusing to start {runtime.name} without its API key; "
                             f"export {var}=... and re-run (nothing was changed)")
         for runtime in spec.runtimes:
-            ports.ensure_free_or_ours(runtime.port, ctx.paths, runtime.name, self.port_sources.get(runtime.name, ""))
+            portowners.ensure_free_or_ours(runtime.port, ctx.paths, runtime.name, self.port_sources.get(runtime.name, ""))
         if spec.port:
-            ports.ensure_free_or_ours(spec.port, ctx.paths, "the supervisor's /health",
+            portowners.ensure_free_or_ours(spec.port, ctx.paths, "the supervisor's /health",
                                       self.port_sources.get(ports.SUPERVISOR, ""))
 
     def check(self, ctx: Context) -> Status:
-        from . import client
 
         health = client.health(ctx.paths)
         if not self.spec_of().runtimes:  # every runtime is a server farmhand only uses
@@ -504,8 +494,6 @@ class RuntimeStep(Step):
         return Status(False, "will restart: " + ", ".join(f"{n} {s}" for n, s in states.items()))
 
     def apply(self, ctx: Context) -> str:
-        from . import client
-        from .errors import FarmhandError
 
         health = client.health(ctx.paths)
         was_ready = health is not None and all(r["state"] == "ready" for r in health.get("runtimes", []))

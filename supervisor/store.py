@@ -11,11 +11,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import sources
+from . import bundle, fetcher, sources
 from .deployment import ModelSpec
 from .errors import EnvironmentProblem, FarmhandError, VerificationFailed
-from .ledger import file_fingerprint, fingerprint_matches
+from .fetcher import sha256_file as digest
+from .fsio import file_fingerprint, fingerprint_matches
 from .paths import private_dir
+from .sources.file import local_path
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
@@ -35,7 +37,6 @@ def model_format(head: bytes) -> str | None:
 def check_local_source(uri: str, model: ModelSpec) -> None:
     """Before copying a local file: it must be the declared size and, without a sha256 to check
     it against, a model format. Anything else (a key, /etc/shadow) is never read into the store."""
-    from .sources.file import local_path
 
     path = local_path(uri)
     try:
@@ -95,14 +96,12 @@ def fetch(model: ModelSpec, models_dir: Path, report, ledger=None) -> dict:
     """Fetch `model` into the store from its first working source; return its fingerprint.
     Each source delivers through the fetcher: verified (size, GGUF magic and version, sha256)
     before the file takes its name."""
-    from . import fetcher
 
     target = store_path(models_dir, model)
     private_dir(target.parent)
     _check_room(model, models_dir)
     expect = fetcher.Expect(size=model.size_bytes or None, sha256=model.sha256, gguf=model.is_gguf)
     failures = []
-    from . import bundle
 
     offline = bundle.active()
     member = offline.model_member(model.sha256) if offline else None
@@ -135,6 +134,5 @@ def used_by(paths, model_file: Path) -> list[str]:
 
 
 def sha256_file(path: Path) -> str:
-    from .fetcher import sha256_file as digest
 
     return digest(path)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from . import memo
 from .errors import BadInput
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -50,9 +51,48 @@ class StrictLoader(_Base):
 StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
 
 
+MAX_BYTES = 4 << 20  # profiles, overrides and llamafarm.yaml are a few KB
+MAX_NODES = 200_000  # what the document holds with every alias expanded
+
+
+def _check_expansion(node, source: str) -> None:
+    """Refuse a document whose aliases expand to more than MAX_NODES nodes (a 'billion laughs'
+    bomb: a few hundred bytes that every later walk, merge or schema check would expand)."""
+    sizes: dict[int, int] = {}
+
+    def size(n) -> int:
+        known = sizes.get(id(n))
+        if known is not None:
+            return known
+        sizes[id(n)] = 1  # a node met again while being counted adds nothing more
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        else:
+            total = 1
+        if total > MAX_NODES:
+            raise BadInput(f"{source}:{n.start_mark.line + 1}: YAML aliases here expand to more than {MAX_NODES} "
+                           "nodes; refusing to load it (write the values out, or use fewer nested aliases)")
+        sizes[id(n)] = total
+        return total
+
+    size(node)
+
+
 def load_text(text: str, source: str) -> Any:
+    if len(text) > MAX_BYTES:
+        raise BadInput(f"{source}: {len(text)} bytes is more than farmhand reads as YAML ({MAX_BYTES}); "
+                       "is this the right file?")
+    loader = StrictLoader(text)
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise BadInput(f"{source}: YAML nested too deeply to load") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -61,6 +101,8 @@ def load_text(text: str, source: str) -> Any:
         if context and opened is not None and mark is not None and opened.line != mark.line:
             problem += f" ({context.removeprefix('while parsing ')} opened on line {opened.line + 1})"
         raise BadInput(f"{where}: malformed YAML: {problem}") from None
+    finally:
+        loader.dispose()
 
 
 def load_file(path: Path) -> Any:
@@ -68,6 +110,8 @@ def load_file(path: Path) -> Any:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise BadInput(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
     return load_text(text, str(path))
@@ -99,7 +143,6 @@ def validate(document: Any, schema_name: str, source: str) -> None:
     """Raise BadInput naming the first (deepest) problem, or return quietly.
 
     A document already found valid against the same schema is not validated again."""
-    from . import memo
 
     key = memo.digest(document, schema(schema_name))
     problem = memo.remember("valid", key, lambda: _first_problem(document, schema_name))

@@ -241,3 +241,169 @@ def test_a_failed_backup_leaves_the_config_as_it_was(tmp_path, monkeypatch):
         projectfs.write_config(path, "theirs\n", backup=True)
     assert path.read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llamafarm.yaml"]
+
+
+# --- damaged state files ---------------------------------------------------------------------------
+
+DAMAGE = {
+    "garbage": b"\x00\xffnot json at all",
+    "truncated": b'{"pid": 12',
+    "wrong shape (a list)": b"[1, 2, 3]",
+    "wrong types": b'{"pid": "x", "create_time": [], "host": 5, "port": "p"}',
+    "not UTF-8": b'{"pid": "\xff\xfe"}',
+}
+
+
+def _supervisor_pid(farmhand) -> int:
+    return next(p.pid for p in home_processes(farmhand.home) if p.cmdline()[-2:] == ["supervisor", "run"])
+
+
+def test_a_damaged_supervisor_record_never_makes_a_running_supervisor_look_stopped(farmhand, capsys):
+    tally = Tally(capsys, "damaged supervisor.json")
+    port = free_port()
+    farmhand.write_specs([fake_spec("svc", port)])
+    record = farmhand.home / "state" / "supervisor.json"
+    for damage, content in DAMAGE.items():
+        farmhand.run("up", check=True)
+        pid = _supervisor_pid(farmhand)
+        record.write_bytes(content)
+        status = farmhand.run("status", "--json")
+        body = json.loads(status.stdout) if status.stdout.strip() else {}
+        tally.check(f"{damage}: status sees it running", body.get("status") == "ok"
+                    and (body.get("supervisor") or {}).get("pid") == pid, f"{status.returncode} {status.stdout[-300:]}")
+        up = farmhand.run("up", "--json")
+        tally.check(f"{damage}: up does not start a second one", up.returncode == 0 and
+                    [p.pid for p in home_processes(farmhand.home) if p.cmdline()[-2:] == ["supervisor", "run"]] == [pid],
+                    up.stderr[-300:])
+        down = farmhand.run("down", "--json")
+        gone = wait_for(lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                        timeout=20, what="the supervisor to stop") if down.returncode == 0 else False
+        tally.check(f"{damage}: down stops it and says so", down.returncode == 0 and json.loads(down.stdout)["stopped"]
+                    and gone and not home_processes(farmhand.home), down.stderr[-300:])
+    # destroy with a damaged record: nothing left listening
+    farmhand.run("up", check=True)
+    record.write_bytes(DAMAGE["garbage"])
+    destroy = farmhand.run("destroy", "--yes", "--json")
+    tally.check("garbage: destroy leaves nothing running", destroy.returncode == 0 and not home_processes(farmhand.home)
+                and not _listening(port), destroy.stderr[-300:])
+    tally.report()
+
+
+def _listening(port: int) -> bool:
+    from supervisor.ports import is_free
+
+    return not is_free(port)
+
+
+def test_a_damaged_ledger_does_not_block_down_or_destroy(farmhand, capsys):
+    tally = Tally(capsys, "damaged ledger.json")
+    port = free_port()
+    ledger = farmhand.home / "state" / "ledger.json"
+    damages = dict(DAMAGE, **{"wrong types": b'{"version": 2, "artifacts": [], "projects": "x"}',
+                              "resources not a list": b'{"version": 2, "resources": "x"}',
+                              "a resource without a path": b'{"version": 2, "resources": [{"kind": "dir"}]}'})
+    for damage, content in damages.items():
+        for command in ("down", "destroy"):
+            farmhand.write_specs([fake_spec("svc", port)])
+            ledger.unlink(missing_ok=True)
+            farmhand.run("up", check=True)
+            ledger.write_bytes(content)
+            proc = farmhand.run(*([command] if command == "down" else [command, "--yes"]))
+            stopped = wait_for(lambda: not home_processes(farmhand.home), timeout=20, what="runtimes to stop") \
+                if proc.returncode == 0 else False
+            tally.check(f"{damage}: {command} stops the runtimes", proc.returncode == 0 and stopped and
+                        not _listening(port), proc.stderr[-300:])
+            tally.check(f"{damage}: {command} says what is wrong", "ledger" in proc.stderr and "Traceback" not in
+                        proc.stderr, proc.stderr[-300:])
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        ledger.write_bytes(content)
+        plan = farmhand.run("plan", "--profile", "cpu-small")
+        err = [line for line in plan.stderr.splitlines() if line.startswith("farmhand: error:")]
+        tally.check(f"{damage}: plan says how to recover", plan.returncode == 2 and len(err) == 1 and
+                    "mv " in err[0], plan.stderr[-300:])
+    tally.report()
+
+
+# --- bad input that would hang or inject --------------------------------------------------------------
+
+BOMB = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}"] * 9 if i else ['"lol"'] * 9) + "]\n"
+               for i in range(9))
+
+
+def test_yaml_alias_bombs_are_refused_in_one_line(farmhand, tmp_path, capsys):
+    tally = Tally(capsys, "YAML alias bomb")
+    assert len(BOMB) < 450  # a few hundred bytes, as the trial's
+    overrides = tmp_path / "bomb.yaml"
+    overrides.write_text(BOMB)
+    for where, args in (("overrides", ["plan", "--overrides", str(overrides)]), ("llamafarm.yaml", ["plan"])):
+        if where == "llamafarm.yaml":
+            (farmhand.project / "llamafarm.yaml").write_text("version: v1\nname: x\nnamespace: default\n" + BOMB)
+        proc = farmhand.run(*args, "--profile", "cpu-small", timeout=60)
+        err = [line for line in proc.stderr.splitlines() if line.startswith("farmhand: error:")]
+        tally.check(f"in {where}: exit 2, one line naming file and line", proc.returncode == 2 and len(err) == 1 and
+                    "aliases" in err[0] and ":" in err[0], proc.stderr[-300:])
+    tally.report()
+
+
+def test_a_pip_source_is_a_requirement_never_pip_options(farmhand, capsys):
+    tally = Tally(capsys, "pip:// option injection")
+    for uri in ("pip://-rhttp://127.0.0.1:9/reqs.txt", "pip://--index-url=http://127.0.0.1:9/simple",
+                "pip://x==1.0 --extra-index-url http://127.0.0.1:9", "pip://../../etc/passwd", "pip://x==1.0;rm"):
+        proc = farmhand.run("models", "pull", uri, "--name", "x", timeout=60)
+        err = [line for line in proc.stderr.splitlines() if line.startswith("farmhand: error:")]
+        tally.check(uri, proc.returncode == 2 and len(err) == 1 and "pip://NAME==VERSION" in err[0],
+                    f"exit {proc.returncode}: {proc.stderr[-300:]}")
+    tally.report()
+
+
+# --- the supervisor's /health under load and from a foreign page -----------------------------------------
+
+def test_health_answers_500_concurrent_probes_and_refuses_a_foreign_host(farmhand, capsys):
+    import concurrent.futures
+    import http.client
+
+    tally = Tally(capsys, "/health under load")
+    farmhand.write_specs([fake_spec("svc", free_port())])
+    farmhand.run("up", check=True)
+    record = json.loads((farmhand.home / "state" / "supervisor.json").read_text())
+
+    def probe(host_header: str | None = None) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", record["port"], timeout=30)
+        try:
+            conn.putrequest("GET", "/health", skip_host=host_header is not None)
+            if host_header is not None:
+                conn.putheader("Host", host_header)
+            conn.endheaders()
+            return conn.getresponse().status
+        except OSError as exc:
+            return -abs(exc.errno or 1)
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=500) as pool:
+        codes = list(pool.map(lambda _: probe(), range(500)))
+    failed = [c for c in codes if c != 200]
+    tally.check("500 concurrent GETs all answered 200", not failed, f"{len(failed)} failed: {sorted(set(failed))}")
+    for host in ("evil.example", "evil.example:80", "127.0.0.1.nip.io"):
+        tally.check(f"Host: {host} refused", probe(host) == 403, "answered")
+    for host in (f"127.0.0.1:{record['port']}", f"localhost:{record['port']}", "[::1]"):
+        tally.check(f"Host: {host} served", probe(host) == 200, "refused")
+    tally.report()
+
+
+def test_destroy_finishes_with_a_dangling_backup_link_in_the_project(farmhand, tmp_path):
+    """A planted dangling link named like one of farmhand's backups made every destroy fail."""
+    from supervisor import llamafarm
+
+    project = farmhand.project
+    (project / "llamafarm.yaml").write_text("version: v1\nname: mine\nnamespace: default\n")
+    os.symlink(tmp_path / "nowhere", project / "llamafarm.yaml.farmhand-backup-20260101T000000")
+    ledger = farmhand.home / "state" / "ledger.json"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(json.dumps({"version": 2, "projects": {str(project / "llamafarm.yaml"): {
+        "created": False, "managed": ["default"], "default_written": "default"}}}))
+    proc = farmhand.run("destroy", "--yes", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert not (farmhand.home / "state").exists()
+    assert (project / "llamafarm.yaml").is_file()
+    assert llamafarm.load_existing(project / "llamafarm.yaml")["name"] == "mine"

@@ -7,6 +7,7 @@ To add a backend, write a module with a Backend subclass and list it here (READM
 from __future__ import annotations
 
 from ..errors import BadInput
+from ..installers import external
 from .base import Backend
 from .lemonade import Lemonade
 from .llama_server import LlamaServer
@@ -14,6 +15,8 @@ from .ollama import Ollama
 from .vllm import Vllm
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (LlamaServer(), Ollama(), Vllm(), Lemonade())}
+for _backend in BACKENDS.values():  # the `external` method asks a running server through its backend
+    external.register(_backend.name, _backend)
 
 
 def get_backend(name: str, source: str = "backend") -> Backend:

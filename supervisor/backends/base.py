@@ -12,20 +12,51 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .. import sources
 from ..deployment import ModelSpec, RuntimeDecl
 from ..errors import EnvironmentProblem, FarmhandError
+from ..gguf import GGUFInfo
 from ..installers import InstallSpec
+from ..memory import Device, Placement
 from ..paths import Paths
+from ..ports import client_host  # noqa: F401 - backends' modules take it from here
 
-if TYPE_CHECKING:
-    from ..selection import RuntimePlan, ServedModel
 
-def client_host(host: str) -> str:
-    """Where a client on this machine reaches a server listening on `host`."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+class ServedModel(Protocol):
+    """What a backend may read of a model the plan serves on it (selection.ServedModel is one).
+    Backends see this view, never the planner: they import nothing above this layer."""
+
+    model: ModelSpec
+    roles: list[str]
+    ctx_size: int
+    info: GGUFInfo | None
+
+    @property
+    def effective_source(self) -> str: ...
+
+    @property
+    def via_store(self) -> bool: ...
+
+
+class RuntimePlan(Protocol):
+    """What a backend may read of one planned runtime (selection.RuntimePlan is one)."""
+
+    decl: RuntimeDecl
+    placement: Placement | None
+    port: int
+
+    @property
+    def models(self) -> list[ServedModel]: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def devices(self) -> list[Device]: ...
+
+    def grantable_fraction(self, device: Device) -> float: ...
 
 
 USE_HOST = "use deployment.runtimes.NAME.host (beyond 127.0.0.1 it needs api_key_env)"

@@ -21,15 +21,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
-from .base import USE_HOST, USE_PORT, Backend, Launch, ModelStore, NotAnswering, ReadinessProbe, client_host
-
-if TYPE_CHECKING:
-    from ..selection import RuntimePlan, ServedModel
+from .base import (
+    USE_HOST,
+    USE_PORT,
+    Backend,
+    Launch,
+    ModelStore,
+    NotAnswering,
+    ReadinessProbe,
+    RuntimePlan,
+    ServedModel,
+    client_host,
+)
 
 VERSION = "11.8.0"
 RELEASES = "https://github.com/lemonade-sdk/lemonade/releases/download/v{version}"

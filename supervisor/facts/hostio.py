@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import BadInput
+
 INDEX = "host.json"
 
 
@@ -150,11 +152,9 @@ class ReplayHost(Host):
         try:
             self._index = json.loads(index.read_text())
         except FileNotFoundError:
-            from ..errors import BadInput
 
             raise BadInput(f"{index}: no recording here (expected {INDEX}; see docs/recordings.md)") from None
         except json.JSONDecodeError as exc:
-            from ..errors import BadInput
 
             raise BadInput(f"{index}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 

@@ -8,6 +8,8 @@ import io
 import json
 import re
 
+from .. import cpulevel
+
 MIB = 1024 * 1024
 
 PCI_VENDORS = {"10de": "nvidia", "1002": "amd", "1022": "amd", "8086": "intel", "106b": "apple"}
@@ -330,7 +332,6 @@ def parse_cpu_flags(flags: list[str]) -> dict:
 
 def parse_cpu_level(arch: str, flags: list[str]) -> dict:
     """The named CPU level a build for this host may assume, and the flags that decide levels."""
-    from .. import cpulevel
 
     relevant = {f for lv in cpulevel.levels_of(arch) for f in lv.flags}
     return {"level": cpulevel.host_level(arch, flags), "level_flags": sorted(relevant & set(flags))}

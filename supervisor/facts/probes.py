@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable
 
+from ..cpulevel import norm_arch
 from . import parsers as P
 from .hostio import Host
 
@@ -379,7 +380,6 @@ def assemble(results: dict[str, dict], timings: dict[str, dict]) -> dict:
 
 
 def _norm_arch(machine: str) -> str:
-    from ..cpulevel import norm_arch
 
     return norm_arch(machine)
 

@@ -19,10 +19,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import bundle, extract
 from ..errors import BadInput, FarmhandError, VerificationFailed
-from ..ledger import ensure_dir
+from ..fetcher import Expect, FetchFailed, copy_from, download, sha256_file
+from ..fsio import ensure_dir
 from ..paths import Paths
-from . import Installer, InstallSpec, staged
+from ..sources import check_uri, get
+from .base import Installer, InstallSpec, staged
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -77,7 +80,6 @@ def parse_release_digests(text: str) -> dict[str, str]:
 
 
 def mirrored(url: str) -> str:
-    from ..sources import get
 
     return get(url).url(url) if url.startswith("https://") else url
 
@@ -91,7 +93,6 @@ class ArchiveInstaller(Installer):
         return f"download and unpack {' + '.join(names)} from {where}"
 
     def problem(self, spec: InstallSpec, tools: dict | None) -> str | None:
-        from ..sources import check_uri
 
         archives = archives_of(spec)
         missing = [k for k, ok in (("url (or archives)", archives), ("binary", spec.get("binary"))) if not ok]
@@ -139,7 +140,6 @@ class ArchiveInstaller(Installer):
         return [(a, self._download(a, paths, ledger, report, step, spec.backend)) for a in archives]
 
     def _install(self, spec: InstallSpec, paths: Paths, ledger, report, step: str, prefix: Path) -> Path:
-        from .. import extract
 
         fetched = self.fetch_archives(spec, paths, ledger, report, step)
         archives, files = [a for a, _ in fetched], [f for _, f in fetched]
@@ -169,7 +169,6 @@ class ArchiveInstaller(Installer):
         return self.binary(spec, paths)
 
     def _with_digests(self, spec, paths, ledger, report, step) -> list[Archive]:
-        from .. import bundle
 
         archives = archives_of(spec)
         if all(a.sha256 for a in archives):
@@ -180,7 +179,6 @@ class ArchiveInstaller(Installer):
                 raise bundle.missing_build(spec.key, spec.backend, spec.variant)
             digests = offline.manifest.installs[spec.key].get("archives", {})
             return [Archive(a.url, a.sha256 or digests.get(a.name)) for a in archives]
-        from ..fetcher import Expect, FetchFailed, download
 
         url = spec.get("sha256sums")
         sums_file = paths.downloads / f"{spec.key}-sha256sums.txt"
@@ -205,15 +203,12 @@ class ArchiveInstaller(Installer):
         return out
 
     def _download(self, archive: Archive, paths, ledger, report, step, backend) -> Path:
-        from ..fetcher import Expect, FetchFailed, download, sha256_file
 
         file = paths.downloads / f"{archive.sha256[:16]}-{archive.name}"
         ledger.add_resource("file", file.with_name(file.name + ".partial"), step)
         ledger.add_resource("file", file, step)
         if file.exists() and sha256_file(file) != archive.sha256:
             file.unlink()  # damaged since it was kept: fetch it again
-        from .. import bundle
-        from ..fetcher import copy_from
 
         offline = bundle.active()
         member = offline.archive_member(archive.sha256) if offline else None

@@ -6,9 +6,28 @@ never declared."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
+from ..errors import EnvironmentProblem
 from ..paths import Paths
-from . import Installer, InstallSpec
+from .base import Installer, InstallSpec
+
+
+class RunningServer(Protocol):
+    """What this method asks of a backend: is a server of yours answering at url, and how is
+    it started again. Backends register themselves (backends/__init__.py): installers sit below
+    backends and never import them."""
+
+    def running_version(self, url: str) -> str | None: ...
+
+    def start_advice(self) -> str: ...
+
+
+SERVERS: dict[str, RunningServer] = {}
+
+
+def register(backend: str, server: RunningServer) -> None:
+    SERVERS[backend] = server
 
 
 class ExternalInstaller(Installer):
@@ -24,20 +43,17 @@ class ExternalInstaller(Installer):
         return Path(spec.get("url"))
 
     def present(self, spec: InstallSpec) -> tuple[bool, str]:
-        from ..backends import get_backend
-
         url = spec.get("url")
-        version = get_backend(spec.backend).running_version(url)
+        server = SERVERS[spec.backend]
+        version = server.running_version(url)
         if version is None:
             return False, (f"the {spec.backend} at {url} does not answer: start it again "
-                           f"({get_backend(spec.backend).start_advice()}), or re-run with --reselect to let farmhand "
+                           f"({server.start_advice()}), or re-run with --reselect to let farmhand "
                            "install its own")
         host = url.split("://", 1)[-1]
         return True, f"using the {spec.backend} already running at {host} (version {version}); farmhand leaves it alone"
 
     def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
-        from ..errors import EnvironmentProblem
-
         ok, detail = self.present(spec)
         if not ok:
             raise EnvironmentProblem(detail)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..errors import Unsupported
 from ..paths import Paths
-from . import Installer, InstallSpec, missing_tools
+from .base import LIVE, Installer, InstallSpec, missing_tools
 
 
 class PathInstaller(Installer):
@@ -26,8 +27,6 @@ class PathInstaller(Installer):
         return None
 
     def present(self, spec: InstallSpec) -> tuple[bool, str]:
-        from . import LIVE
-
         problem = self.problem(spec, LIVE)
         return (False, problem) if problem else (True, f"{self.binary(spec, None)} (on PATH; farmhand leaves it alone)")
 
@@ -36,7 +35,6 @@ class PathInstaller(Installer):
         return Path(found) if found else Path(spec.get("executable"))
 
     def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
-        from ..errors import Unsupported
 
         problem = self.problem(spec, None)
         if problem:

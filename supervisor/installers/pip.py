@@ -18,11 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .. import bundle
 from ..errors import EnvironmentProblem, FarmhandError
-from ..ledger import ensure_dir
+from ..fsio import ensure_dir
 from ..paths import Paths, private_dir
 from ..process import finish_helper, run_captured, run_helper
-from . import LIVE, Installer, InstallSpec, missing_tools, staged
+from .base import LIVE, Installer, InstallSpec, missing_tools, staged
 
 CMAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
 
@@ -89,7 +90,6 @@ class PipInstaller(Installer):
 
     def build_wheel(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
         """The built wheel for `spec`, building it (minutes) only when the wheelhouse lacks it."""
-        from .. import bundle
 
         target = paths.wheelhouse / spec.key
         existing = sorted(target.glob("*.whl"))

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from . import REACH_TIMEOUT, Source, SourceFailed
+from .. import fetcher
+from .base import REACH_TIMEOUT, Source, SourceFailed
 
 
 def local_path(uri: str) -> Path:
@@ -22,8 +23,6 @@ class FileSource(Source):
         return (True, "local file") if os.path.isfile(path) else (False, f"file: {path} does not exist")
 
     def fetch(self, uri: str, dest: Path, expect, *, label: str, report, ledger=None):
-        from .. import fetcher
-
         source = local_path(uri)
         if not source.is_file():
             raise SourceFailed(f"{source} does not exist")

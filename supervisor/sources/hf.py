@@ -16,7 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import REACH_TIMEOUT, Source, SourceFailed, mirrors, via
+from .. import fetcher
+from .base import REACH_TIMEOUT, Source, SourceFailed, mirrors, via
+from .http import head
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -93,8 +95,6 @@ class HfSource(Source):
             if self.delivers_file(uri):
                 self.metadata(uri, timeout)
             else:
-                from .http import head
-
                 if offline():
                     return False, "hf: offline (HF_HUB_OFFLINE is set)"
                 return head(self.url(uri), timeout)
@@ -104,8 +104,6 @@ class HfSource(Source):
 
     def fetch(self, uri: str, dest: Path, expect, *, label: str, report, ledger=None):
         from dataclasses import replace
-
-        from .. import fetcher
 
         meta = self.metadata(uri, timeout=REACH_TIMEOUT * 4)
         hub_sha = meta.etag if meta.etag and SHA256.match(meta.etag) else None

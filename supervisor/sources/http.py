@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import REACH_TIMEOUT, Source, SourceFailed, mirrors, short_reason, via
+from .. import fetcher
+from .base import REACH_TIMEOUT, Source, SourceFailed, mirrors, short_reason, via
 
 
 def head(url: str, timeout: float, headers: dict | None = None) -> tuple[bool, str]:
@@ -41,8 +42,6 @@ class HttpSource(Source):
         return head(self.url(uri), timeout)
 
     def fetch(self, uri: str, dest: Path, expect, *, label: str, report, ledger=None):
-        from .. import fetcher
-
         try:
             return fetcher.download(self.url(uri), dest, expect, label=label, report=report)
         except fetcher.FetchFailed as exc:

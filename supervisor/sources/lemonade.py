@@ -5,7 +5,7 @@ reachable here and the pull step names the error."""
 
 from __future__ import annotations
 
-from . import REACH_TIMEOUT, Source
+from .base import REACH_TIMEOUT, Source
 
 
 class LemonadeSource(Source):
