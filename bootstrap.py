@@ -133,8 +133,11 @@ def install_from_bundle(path):
         wheels = tempfile.mkdtemp(prefix=".farmhand-wheels-", dir=HERE)
         try:
             for member in tar.getmembers():
-                if not member.name.startswith("farmhand-bundle/wheels/") or not member.isfile():
+                if not member.name.startswith("farmhand-bundle/wheels/"):
                     continue
+                if not member.isfile():  # a link among the wheels could point anywhere on this host
+                    fail("{}: {} is not a regular file: the bundle is damaged or tampered with; make it again "
+                         "(farmhand bundle create)".format(path, member.name), 4)
                 name = os.path.basename(member.name)
                 if not name.endswith(".whl") or name.startswith("."):
                     fail("{}: unexpected member {}".format(path, member.name), 2)

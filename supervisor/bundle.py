@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cpulevel
-from .errors import BadInput, EnvironmentProblem, FarmhandError
+from .errors import BadInput, EnvironmentProblem, FarmhandError, VerificationFailed
 
 if TYPE_CHECKING:
     pass
@@ -135,8 +135,9 @@ class Bundle:
             info = self._tar.getmember(member)
         except KeyError:
             raise FarmhandError(f"{self.path}: {member} is missing from the bundle") from None
-        if not info.isfile() or info.sparse:
-            raise FarmhandError(f"{self.path}: {member} is not a regular file")
+        if not info.isfile() or info.sparse:  # a link in a bundle could point anywhere on this host
+            raise VerificationFailed(f"{self.path}: {member} is not a regular file (a link or a device); the bundle "
+                                     "is damaged or tampered with; make it again with `farmhand bundle create`")
         return _MemberReader(self.path, info.offset_data, info.size)
 
     def member_size(self, member: str) -> int:
@@ -167,8 +168,8 @@ class Bundle:
                 out.write(block)
         if digest.hexdigest() != want:
             partial.unlink()
-            raise FarmhandError(f"{self.path}: {member} has sha256 {digest.hexdigest()}, the manifest says {want}: "
-                                "the bundle is damaged; copy it again")
+            raise VerificationFailed(f"{self.path}: {member} has sha256 {digest.hexdigest()}, the manifest says "
+                                     f"{want}: the bundle is damaged; copy it again")
         os.chmod(partial, 0o600)
         os.replace(partial, dest)
         return dest

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from . import __version__, cpulevel
-from .errors import EXIT_CHANGES_PENDING, FarmhandError
+from .errors import EXIT_CHANGES_PENDING, EXIT_CONFLICT, BadInput, FarmhandError
 
 
 def _paths(ctx: click.Context):
@@ -196,6 +196,17 @@ class PortArg(click.ParamType):
         return (name or None, port)
 
 
+def _port_args(given) -> dict:
+    """--port values by runtime (None: the default role's); one runtime given two is refused."""
+    out: dict = {}
+    for name, number in given or ():
+        if name in out and out[name] != number:
+            who = f"runtime {name}" if name else "the default role's runtime"
+            raise BadInput(f"--port: {who} was given {out[name]} and {number}; give each runtime one port")
+        out[name] = number
+    return out
+
+
 def _make_plan(ctx, *, profile, overrides, port, reselect, facts, project_dir, profiles_dir=None, live=True,
                bundled=None):
     from . import plan as planmod
@@ -212,7 +223,7 @@ def _make_plan(ctx, *, profile, overrides, port, reselect, facts, project_dir, p
         if overrides is None and bundled.manifest.overrides is not None:
             data, source = bundled.manifest.overrides, f"{bundled.path} (its overrides)"
     built = planmod.build(paths, facts, ledger, project_dir=project_dir, profile_name=profile, overrides=data,
-                          overrides_source=source, port_args=dict(port or ()), reselect=reselect, live=live,
+                          overrides_source=source, port_args=_port_args(port), reselect=reselect, live=live,
                           **({"profiles_dir": Path(profiles_dir)} if profiles_dir else {}))
     return paths, ledger, built
 
@@ -552,6 +563,8 @@ def status(ctx, as_json):
     """Every runtime (state, pid, port, uptime, restarts, probe latency, devices) and every role."""
     body = status_body(_paths(ctx))
     _emit(body, as_json, _print_status)
+    if body["status"] == "not responding":  # README: a supervisor that holds the home but does not answer
+        sys.exit(EXIT_CONFLICT)
     if body["status"] not in ("ok", "down"):
         sys.exit(1)
 
@@ -615,6 +628,10 @@ def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
     sources.configure(sources.Mirrors.resolve(), hf_home=paths.hf_home)
     scheme = sources.scheme_of(source)
     src = sources.get(source)
+    try:
+        src.check(source)
+    except BadInput as exc:
+        raise BadInput(f"models pull: {exc}") from None
     if not src.delivers_file(source) and scheme == "hf":
         return _pull_repo(paths, source, name, as_json, no_wait)
     if not src.delivers_file(source):
@@ -958,20 +975,28 @@ def main() -> None:
 def _main(argv: list[str], debug: bool) -> None:
     from . import memo
 
+    def fail(message: str, code: int) -> None:
+        """One line on stderr; with --json also one JSON document on stdout, for the script."""
+        click.echo(f"farmhand: error: {message}", err=True)
+        if "--json" in argv:
+            click.echo(json.dumps({"status": "error", "error": message, "exit_code": code}))
+        sys.exit(code)
+
     try:
+        from .fetcher import Policy
+
+        Policy.from_env()  # a junk FARMHAND_FETCH_* is said up front, naming the variable
         cli(args=argv, standalone_mode=False)
         memo.flush()
     except FarmhandError as exc:
         if debug:
             raise
-        click.echo(f"farmhand: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
     except click.ClickException as exc:  # usage errors too: one line, like every other bad input
-        click.echo(f"farmhand: error: {exc.format_message()} (see --help)", err=True)
-        sys.exit(exc.exit_code)
+        fail(f"{exc.format_message()} (see --help)", exc.exit_code)
     except click.exceptions.Exit as exc:
         if exc.exit_code == 0:
             memo.flush()
@@ -984,11 +1009,9 @@ def _main(argv: list[str], debug: bool) -> None:
         from .errors import from_os_error
 
         err = from_os_error(exc)
-        click.echo(f"farmhand: error: {err}", err=True)
-        sys.exit(err.exit_code)
+        fail(str(err), err.exit_code)
     except Exception as exc:  # a bug: still one line, the traceback only with --debug
         if debug:
             raise
-        click.echo(f"farmhand: error: internal error: {type(exc).__name__}: {exc} (run again with --debug for the "
-                   "traceback, and please report it)", err=True)
-        sys.exit(1)
+        fail(f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback, and please "
+             "report it)", 1)

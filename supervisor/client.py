@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 from . import ports, process
-from .errors import Conflict, FarmhandError
+from .errors import EXIT_CONFLICT, Conflict, FarmhandError
 from .lock import holders, is_held
 from .paths import Paths, private_dir
 from .ports import client_host
@@ -144,7 +144,9 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
             os.kill(record["pid"], signal.SIGUSR1)
     else:
         private_dir(paths.logs)
-        log = open(paths.logs / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+        log_fd = os.open(paths.logs / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(log_fd, 0o600)  # a log made by an older farmhand with the umask's mode
+        log = os.fdopen(log_fd, "ab")
         child = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "run"], stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
@@ -159,7 +161,8 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
             break
         if child is not None and child.poll() is not None and supervisor_record(paths) is None:
             tail = _tail(paths.logs / "supervisor.log", 10)
-            raise FarmhandError(f"the supervisor exited (code {child.returncode}) before its runtimes were ready:\n{tail}")
+            err = Conflict if child.returncode == EXIT_CONFLICT else FarmhandError  # its port held by a stranger
+            raise err(f"the supervisor exited (code {child.returncode}) before its runtimes were ready:\n{tail}")
         if time.monotonic() > deadline:
             raise FarmhandError(f"runtimes not ready after {timeout:.0f}s; see `farmhand status` and `farmhand logs`")
         time.sleep(delay)

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import client, llamafarm, store
+from . import client, llamafarm, projectfs, store
 from .deploy import undeploy
 from .errors import FarmhandError
 from .fsio import atomic_write
@@ -54,9 +54,12 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
                 path.unlink()
                 removed.append(str(path))
             else:
+                backups = [str(b) for b in projectfs.backups(path)]
                 llamafarm.write_merged(path, _empty_runtime_doc(), set(record.get("managed", [])),
-                                       record.get("default_written"))
-                kept.append(f"{path} (farmhand's runtime entries removed; the rest is yours)")
+                                       record.get("default_written"), teardown=True)
+                removed += backups
+                kept.append(f"{path} (farmhand's runtime entries and its backups of the file removed; the rest is "
+                            "yours)")
         except (FarmhandError, OSError) as exc:
             kept.append(f"{path} (left as it is: {exc})")
     model_paths = {r["path"] for r in ledger.resources() if r["kind"] == "model"}

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import queue
 import threading
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FarmhandError, VerificationFailed
+from .errors import BadInput, FarmhandError, VerificationFailed
 from .lock import FileLock
 
 GGUF_VERSIONS = (1, 2, 3)
@@ -54,9 +55,19 @@ class Policy:
         """FARMHAND_FETCH_<FIELD> overrides a field (tests shorten the stall timeouts)."""
         values = {}
         for name, field in cls.__dataclass_fields__.items():
-            raw = os.environ.get(f"FARMHAND_FETCH_{name.upper()}")
-            if raw is not None:
-                values[name] = int(float(raw)) if field.type == "int" else float(raw)
+            var = f"FARMHAND_FETCH_{name.upper()}"
+            raw = os.environ.get(var)
+            if raw is None:
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                value = float("nan")
+            if not math.isfinite(value) or value < 0 or (value == 0 and name != "retries") or (
+                    field.type == "int" and value != int(value)):
+                raise BadInput(f"{var}={raw!r}: expected a {'whole ' if field.type == 'int' else ''}number above 0 "
+                               f"(default {getattr(cls, name)}); unset it or fix it")
+            values[name] = int(value) if field.type == "int" else value
         return cls(**values)
 
 

@@ -143,8 +143,10 @@ def _check_shape(doc: dict, path: Path) -> None:
 
 
 def write_merged(path: Path, desired_text: str, previously_managed: set[str],
-                 written_default: str | None = None) -> Path | None:
-    """Write the merged document; returns the backup path when an old file was replaced."""
+                 written_default: str | None = None, *, teardown: bool = False) -> Path | None:
+    """Write the merged document; returns the backup path when an old file was replaced. With
+    `teardown` (destroy: farmhand's entries out) no backup is made, a runtime section left with
+    nothing in it goes, and farmhand's earlier backups of the file are removed."""
     desired = yamlio.load_text(desired_text, "template llamafarm.yaml.j2")
     projectfs.check_file(path)  # a link or another user's file is refused before it is read
     existing = load_existing(path)
@@ -154,11 +156,15 @@ def write_merged(path: Path, desired_text: str, previously_managed: set[str],
         return None
     plain = merged(existing, desired, previously_managed, written_default)
     validate(plain, str(path))
-    text = _round_trip(path, desired, previously_managed, written_default)
-    return projectfs.write_config(path, text, backup=True)
+    text = _round_trip(path, desired, previously_managed, written_default, drop_empty_runtime=teardown)
+    backup = projectfs.write_config(path, text, backup=not teardown)
+    if teardown:
+        projectfs.prune_backups(path, keep=0)
+    return backup
 
 
-def _round_trip(path: Path, desired: dict, previously_managed: set[str], written_default: str | None) -> str:
+def _round_trip(path: Path, desired: dict, previously_managed: set[str], written_default: str | None,
+                drop_empty_runtime: bool = False) -> str:
     """Apply the same merge through ruamel.yaml so the user's comments and order survive."""
     from ruamel.yaml import YAML
 
@@ -185,6 +191,8 @@ def _round_trip(path: Path, desired: dict, previously_managed: set[str], written
         runtime["default_model"] = plain["runtime"]["default_model"]
     else:
         runtime.pop("default_model", None)
+    if drop_empty_runtime and not new_models and set(runtime) <= {"models"}:
+        del doc["runtime"]  # farmhand added it; the user's file had nothing there
     out = io.StringIO()
     yaml.dump(doc, out)
     return out.getvalue()

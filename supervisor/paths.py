@@ -132,6 +132,10 @@ def resolve(system: bool = False) -> Paths:
         root = Path(home).expanduser().resolve()
         if root.exists() and not root.is_dir():
             raise BadInput(f"FARMHAND_HOME={home} is not a directory; point it at a directory (it is created if missing)")
+        if len(root.parts) < 3 or root == Path(os.path.expanduser("~")).resolve():
+            # destroy empties data/, state/, cache/ under it: never at the top of a shared tree
+            raise BadInput(f"FARMHAND_HOME={home} is {root}, which is not a directory of farmhand's own (its data/, "
+                           "state/ and cache/ go there and destroy removes them); use one like ~/.farmhand-home")
         return Paths(root / "data", root / "state", root / "config", root / "cache", "home")
     if system:
         return Paths(

@@ -17,7 +17,7 @@ from .errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from .fetcher import sha256_file as digest
 from .fsio import file_fingerprint, fingerprint_matches
 from .paths import private_dir
-from .sources.file import local_path
+from .sources.file import local_path, not_regular
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20
@@ -39,6 +39,9 @@ def check_local_source(uri: str, model: ModelSpec) -> None:
     it against, a model format. Anything else (a key, /etc/shadow) is never read into the store."""
 
     path = local_path(uri)
+    why = not_regular(path)
+    if why:  # opened below: a FIFO would block the read forever
+        raise sources.SourceFailed(why)
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:

@@ -182,7 +182,7 @@ def test_a_stopped_supervisor_is_not_responding_and_never_doubled(farmhand):
     try:
         status = farmhand.run("status", "--json")
         body = json.loads(status.stdout)
-        assert status.returncode == 1 and body["status"] == "not responding" and body["supervisor"]["pid"] == sup
+        assert status.returncode == 3 and body["status"] == "not responding" and body["supervisor"]["pid"] == sup
         assert f"supervisor: not responding (pid {sup})" in farmhand.run("status").stdout
         up = farmhand.run("up")
         assert up.returncode == 3 and f"the supervisor (pid {sup}) is not responding" in up.stderr

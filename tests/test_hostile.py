@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -407,3 +408,69 @@ def test_destroy_finishes_with_a_dangling_backup_link_in_the_project(farmhand, t
     assert not (farmhand.home / "state").exists()
     assert (project / "llamafarm.yaml").is_file()
     assert llamafarm.load_existing(project / "llamafarm.yaml")["name"] == "mine"
+
+
+# --- bad input: one line, the documented exit code, nothing hangs ---------------------------------------
+
+def test_bad_input_gets_one_line_and_its_exit_code(farmhand, tmp_path, capsys):
+    tally = Tally(capsys, "bad input, one line")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "adir").mkdir()
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("models: {caf\xe9: null}\n".encode("latin-1"))
+    gguf = "file:///nonexistent.gguf"
+    path_args = tmp_path / "path-args.yaml"
+    path_args.write_text("deployment: {runtimes: {llama-server: {args: [--log-file=/etc/cron.d/x]}}}\n")
+    cases = [  # (what, argv, extra env, exit code, words the line must hold)
+        ("a FIFO as a model", ["models", "pull", f"file://{fifo}", "--name", "x"], {}, 2, "is a FIFO"),
+        ("a device as a model", ["models", "pull", "file:///dev/zero", "--name", "x"], {}, 2, "is a device"),
+        ("a directory as a model", ["models", "pull", f"file://{tmp_path / 'adir'}", "--name", "x"], {}, 2,
+         "is a directory"),
+        ("hf:// escaping the repo", ["models", "pull", "hf://../../x"], {}, 2, "hf://ORG/REPO"),
+        ("FARMHAND_FETCH_CHUNK=0", ["models", "pull", gguf, "--name", "x"], {"FARMHAND_FETCH_CHUNK": "0"}, 2,
+         "FARMHAND_FETCH_CHUNK"),
+        ("FARMHAND_FETCH_STALL_S=nan", ["models", "pull", gguf, "--name", "x"], {"FARMHAND_FETCH_STALL_S": "nan"}, 2,
+         "FARMHAND_FETCH_STALL_S"),
+        ("a junk mirror", ["plan", "--profile", "cpu-small"], {"FARMHAND_MIRROR_HTTPS": "::junk::"}, 2,
+         "FARMHAND_MIRROR_HTTPS"),
+        ("FARMHAND_HOME=/", ["plan", "--profile", "cpu-small"], {"FARMHAND_HOME": "/"}, 2, "FARMHAND_HOME=/"),
+        ("one runtime, two ports", ["plan", "--profile", "cpu-small", "--port", "12001", "--port", "12002"], {}, 2,
+         "12001 and 12002"),
+        ("args naming a path", ["plan", "--profile", "cpu-small", "--overrides", str(path_args)], {}, 2,
+         "--log-file is set by farmhand"),
+        ("overrides that are not UTF-8", ["plan", "--profile", "cpu-small", "--overrides", str(latin)], {}, 2,
+         "not UTF-8"),
+    ]
+    for what, argv, env, code, words in cases:
+        proc = farmhand.run(*argv, env=env, timeout=60)
+        err = [line for line in proc.stderr.splitlines() if line.startswith("farmhand: error:")]
+        tally.check(what, proc.returncode == code and len(err) == 1 and words in err[0] and "Traceback" not in
+                    proc.stderr, f"exit {proc.returncode}: {proc.stderr[-300:]}")
+    proc = farmhand.run("plan", "--profile", "cpu-small", "--port", "1", "--port", "2", "--json")
+    try:
+        doc = json.loads(proc.stdout)
+    except ValueError:
+        doc = {}
+    tally.check("--json: an error is one JSON document on stdout", doc.get("status") == "error" and
+                doc.get("exit_code") == proc.returncode == 2, proc.stdout[-300:])
+    assert not (Path("/") / "cache" / "memo.json").exists()
+    tally.report()
+
+
+def test_destroy_leaves_the_users_file_as_it_was_and_no_backups(tmp_path):
+    from supervisor import llamafarm, projectfs
+
+    path = tmp_path / "llamafarm.yaml"
+    user = "# mine\nversion: v1\nname: shop\nnamespace: acme\nprompts:\n  - name: a\n    messages: []\n"
+    path.write_text(user)
+    desired = ("version: v1\nname: x\nnamespace: default\nruntime:\n  default_model: default\n  models:\n"
+               "    - {name: default, provider: openai, model: m, base_url: 'http://127.0.0.1:1/v1'}\n")
+    llamafarm.write_merged(path, desired, set())
+    assert "default" in path.read_text() and len(projectfs.backups(path)) == 1
+    llamafarm.write_merged(path, "version: v1\nname: x\nnamespace: default\nruntime:\n  models: []\n", {"default"},
+                           "default", teardown=True)
+    doc = llamafarm.load_existing(path)
+    assert "runtime" not in doc, path.read_text()
+    assert doc["name"] == "shop" and "# mine" in path.read_text()
+    assert projectfs.backups(path) == []

@@ -64,6 +64,8 @@ USE_PORT = "use deployment.runtimes.NAME.port or --port"
 USE_KEY = "use deployment.runtimes.NAME.api_key_env (the key stays in the environment)"
 USE_CORS = "use deployment.runtimes.NAME.cors_origins"
 USE_ROLES = "declare models and roles in the deployment"
+USE_NO_PATHS = ("a flag that reads, writes or fetches files is not passed through args: farmhand keeps a runtime's "
+                "files in its own directories (declare models in the profile)")
 
 VISIBLE_DEVICES = {  # how each vendor's runtime libraries are told which GPUs to use
     "nvidia": {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "{ids}"},

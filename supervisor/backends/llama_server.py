@@ -27,6 +27,7 @@ from .base import (
     USE_CORS,
     USE_HOST,
     USE_KEY,
+    USE_NO_PATHS,
     USE_PORT,
     USE_ROLES,
     Backend,
@@ -134,7 +135,14 @@ class LlamaServer(Backend):
     controlled_flags = {"--host": USE_HOST, "--port": USE_PORT, "--api-key": USE_KEY, "--api-key-file": USE_KEY,
                         "--cors-origins": USE_CORS, "--cors-credentials": USE_CORS, "-m": USE_ROLES,
                         "--model": USE_ROLES, "-a": USE_ROLES, "--alias": USE_ROLES,
-                        "-c": "use the candidate's ctx_size", "--ctx-size": "use the candidate's ctx_size"}
+                        "-c": "use the candidate's ctx_size", "--ctx-size": "use the candidate's ctx_size",
+                        **dict.fromkeys(("--path", "--log-file", "--slot-save-path", "--lora", "--lora-scaled",
+                                         "--control-vector", "--control-vector-scaled", "-md", "--model-draft",
+                                         "--mmproj", "--grammar-file", "-jf", "--json-schema-file",
+                                         "--chat-template-file", "-lcs", "--lookup-cache-static", "-lcd",
+                                         "--lookup-cache-dynamic", "--ssl-key-file", "--ssl-cert-file",
+                                         "-mu", "--model-url", "-hf", "--hf-repo", "-hff", "--hf-file"),
+                                        USE_NO_PATHS)}
     controlled_env = {"LLAMA_ARG_HOST": USE_HOST, "LLAMA_ARG_PORT": USE_PORT, "LLAMA_API_KEY": USE_KEY,
                       "LLAMA_ARG_API_KEY_FILE": USE_KEY, "LLAMA_ARG_CORS_ORIGINS": USE_CORS,
                       "LLAMA_ARG_CORS_CREDENTIALS": USE_CORS, "LLAMA_ARG_MODEL": USE_ROLES}

@@ -71,6 +71,7 @@ class PipInstaller(Installer):
                 extra = ([f"--index-url={index}"] if index else []) + \
                     [f"--extra-index-url={url}" for url in spec.get("extra_index_urls", [])]
             _run([sys.executable, "-m", "venv", "--without-pip", str(staging / "venv")], ledger)
+            os.chmod(staging / "venv", 0o700)  # venv makes it 0755; a backend's install is its owner's
             python = str(staging / "venv" / "bin" / "python")
             uv = shutil.which("uv") if spec.get("use_uv") and not spec.get("wheel_build") else None
             report.line(f"  {'uv' if uv else 'pip'} install {' '.join(requirement)} into {prefix / 'venv'}"
@@ -121,6 +122,7 @@ class PipInstaller(Installer):
             if not wheels:
                 raise FarmhandError(f"building {spec.get('package')} produced no wheel; last output:\n{tail}")
             final = target / wheels[0].name
+            os.chmod(wheels[0], 0o600)
             os.replace(wheels[0], final)
         return final
 

@@ -32,7 +32,13 @@ class Mirrors:
         declared = declared or {}
 
         def pick(kind: str) -> str | None:
-            return (declared.get(kind) or os.environ.get(f"FARMHAND_MIRROR_{kind.upper()}") or "").rstrip("/") or None
+            value = (declared.get(kind) or os.environ.get(f"FARMHAND_MIRROR_{kind.upper()}") or "").rstrip("/") or None
+            if value is not None:
+                parsed = urlparse(value) if isinstance(value, str) else None
+                if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+                    where = f"mirrors.{kind}" if declared.get(kind) else f"FARMHAND_MIRROR_{kind.upper()}"
+                    raise BadInput(f"{where}: {value!r} is not a mirror URL (http:// or https:// and a host)")
+            return value
 
         ollama = pick("ollama")
         if ollama and urlparse(ollama).path.strip("/"):

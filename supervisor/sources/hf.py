@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import fetcher
+from ..errors import BadInput
 from .base import REACH_TIMEOUT, Source, SourceFailed, mirrors, via
 from .http import head
 
@@ -49,8 +50,30 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+# The Hub's own rules for repo ids (huggingface_hub.utils.validate_repo_id), and file paths
+# inside a repo that stay inside it.
+REPO_PART = re.compile(r"^(?!.*(?:--|\.\.))[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
+
+
+def check(uri: str) -> None:
+    """BadInput unless `uri` is hf://ORG/REPO[/PATH][@REVISION] with a valid repo id, a path that
+    stays inside the repo and a plain revision."""
+    f = parse(uri)
+    parts = f.repo.split("/")
+    bad = (len(parts) != 2 or not all(REPO_PART.match(p) for p in parts)
+           or any(seg in ("", ".", "..") for seg in f.file.split("/")) and f.file
+           or not REVISION.match(f.revision) or ".." in f.revision.split("/"))
+    if bad:
+        raise BadInput(f"{uri}: a Hugging Face source is hf://ORG/REPO[/FILE][@REVISION] (e.g. "
+                       "hf://ggml-org/gemma-3-270m-GGUF/gemma-3-270m-Q4_K_M.gguf)")
+
+
 class HfSource(Source):
     scheme = "hf"
+
+    def check(self, uri: str) -> None:
+        check(uri)
 
     def delivers_file(self, uri: str) -> bool:
         return bool(parse(uri).file)
