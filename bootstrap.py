@@ -62,7 +62,14 @@ def ensure_venv(fingerprint, pip_options=()):
     extras = ".[dev]" if os.environ.get("FARMHAND_DEV") else "."
     cmd = [venv_python(), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pip_options,
            "-e", extras]
-    if subprocess.run(cmd, cwd=HERE).returncode != 0:
+    # pip's own chatter (warnings about this machine's index configuration) is shown only when
+    # it failed, or with --debug: the first screen a new user sees is farmhand's.
+    debug = "--debug" in sys.argv[1:] or os.environ.get("FARMHAND_DEBUG") == "1"
+    result = subprocess.run(cmd, cwd=HERE, stdout=None if debug else subprocess.PIPE,
+                            stderr=None if debug else subprocess.STDOUT)
+    if result.returncode != 0:
+        if result.stdout:
+            sys.stderr.write(result.stdout.decode(errors="replace"))
         fail("installing farmhand's dependencies failed (see pip's output above); " + (
             "does the bundle hold this farmhand's dependencies (same version)?" if pip_options else "is PyPI reachable?"))
     with open(STAMP, "w") as fh:

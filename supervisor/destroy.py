@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import client, llamafarm, projectfs, store
+from . import client, llamafarm, memo, projectfs, store
 from .deploy import undeploy
 from .errors import FarmhandError
 from .fsio import atomic_write
@@ -107,6 +107,7 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
             removed.append(str(launcher))
     except OSError:
         pass
+    memo.forget()  # the cache directory is gone; a memo written now would bring it back
     if lock is not None:
         lock.release()
     # FARMHAND_HOME/bin is farmhand's layout; ~/.local/bin and /usr/local/bin are not (the ledger

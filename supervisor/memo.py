@@ -58,6 +58,12 @@ def store(namespace: str, key: str, value: object) -> None:
     _dirty = True
 
 
+def forget() -> None:
+    """Drop what this command learned: destroy removed the cache, and nothing is written back."""
+    global _dirty
+    _dirty = False
+
+
 def flush() -> None:
     """Write what was learned. Called once a command succeeded, so a refused command leaves no
     cache file behind."""

@@ -13,6 +13,7 @@ from typing import Callable
 
 from . import declare, deployment, ports, yamlio
 from .errors import BadInput
+from .facts.parsers import MISMATCH
 
 GIB = 1024**3
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
@@ -136,7 +137,8 @@ def _rule_gpu_driver(spec, facts, match):
     present = [g for g in facts.get("gpus", []) if not vendors or g["vendor"] in vendors]
     working = usable_gpus(facts, vendors)
     if spec:
-        return bool(working), ("driver working" if working else
+        mismatch = any(MISMATCH in (g.get("note") or "") for g in present)
+        return bool(working), ("driver working" if working else f"GPU present, {MISMATCH}" if mismatch else
                                "GPU present, no driver" if present else "no GPU")
     return not working and bool(present), ("GPU without driver" if present and not working else "driver working")
 

@@ -403,9 +403,11 @@ def test_destroy_finishes_with_a_dangling_backup_link_in_the_project(farmhand, t
     ledger.parent.mkdir(parents=True)
     ledger.write_text(json.dumps({"version": 2, "projects": {str(project / "llamafarm.yaml"): {
         "created": False, "managed": ["default"], "default_written": "default"}}}))
+    farmhand.run("plan", "--profile", "cpu-small", check=True)  # fills the memo cache
     proc = farmhand.run("destroy", "--yes", "--json")
     assert proc.returncode == 0, proc.stderr
     assert not (farmhand.home / "state").exists()
+    assert not (farmhand.home / "cache").exists()  # no memo.json written back after destroy
     assert (project / "llamafarm.yaml").is_file()
     assert llamafarm.load_existing(project / "llamafarm.yaml")["name"] == "mine"
 
@@ -474,3 +476,24 @@ def test_destroy_leaves_the_users_file_as_it_was_and_no_backups(tmp_path):
     assert "runtime" not in doc, path.read_text()
     assert doc["name"] == "shop" and "# mine" in path.read_text()
     assert projectfs.backups(path) == []
+
+
+def test_a_driver_library_mismatch_is_named_with_its_fix():
+    """The held-out laptop: the NVIDIA kernel module and userspace library disagree. nvidia-smi
+    says so; plan --explain must too, not "no driver"."""
+    from supervisor import profiles
+    from supervisor.facts import probes
+    from supervisor.facts.hostio import CommandResult, Host
+
+    class Laptop(Host):
+        def run(self, argv, timeout=2.0):
+            return CommandResult(tuple(argv), 18, "Failed to initialize NVML: Driver/library version mismatch\n"
+                                 "NVML library version: 570.133\n", "")
+
+    nvidia = probes.probe_nvidia(Laptop())
+    assert nvidia["reason"] == "nvidia-smi: driver/library version mismatch (reboot or reinstall the driver)"
+    facts = probes.assemble({"nvidia": nvidia, "pci": {"gpus": [{"vendor": "nvidia", "name": "RTX 4060 Laptop",
+                                                                 "pci_id": "10de:28e0"}], "source": "sysfs"}}, {})
+    (gpu,) = facts["gpus"]
+    holds, why = profiles._rule_gpu_driver(True, facts, {"gpu_vendor": ["nvidia"]})
+    assert not holds and why == "GPU present, driver/library version mismatch (reboot or reinstall the driver)", why

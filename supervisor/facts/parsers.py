@@ -110,6 +110,18 @@ def parse_nvidia_query(text: str) -> list[dict]:
     return gpus
 
 
+MISMATCH = "driver/library version mismatch (reboot or reinstall the driver)"
+
+
+def nvidia_failure(text: str) -> str | None:
+    """Why nvidia-smi failed, in words a person can act on, from what it printed (None: unknown)."""
+    if "Driver/library version mismatch" in text:
+        return MISMATCH  # the kernel module and the userspace library are from different driver versions
+    if "couldn't communicate with the NVIDIA driver" in text:
+        return "NVIDIA driver not loaded"
+    return None
+
+
 def parse_nvidia_banner(text: str) -> dict:
     """Plain `nvidia-smi`: the driver and CUDA versions live only in its banner."""
     driver = re.search(r"Driver Version:\s*([\d.]+)", text)

@@ -124,7 +124,8 @@ def probe_disk(host: Host, path: str) -> dict:
 def probe_nvidia(host: Host) -> dict:
     res = host.run(NVIDIA_QUERY, PROBE_TIMEOUT)
     if not res.ok:
-        return {"gpus": [], "reason": res.why_not()}
+        known = P.nvidia_failure(f"{res.stdout or ''}\n{res.stderr or ''}")
+        return {"gpus": [], "reason": f"nvidia-smi: {known}" if known else res.why_not()}
     try:
         gpus = P.parse_nvidia_query(res.stdout)
     except P.ParseError as exc:
