@@ -16,6 +16,7 @@ import click
 
 from . import __version__, cpulevel
 from .errors import EXIT_CHANGES_PENDING, EXIT_CONFLICT, BadInput, FarmhandError
+from .refs import is_sha256
 
 
 def _paths(ctx: click.Context):
@@ -23,7 +24,7 @@ def _paths(ctx: click.Context):
     from .paths import resolve
 
     paths = resolve(system=ctx.obj["system"])
-    memo.configure(paths.cache / "memo.json")
+    memo.configure(paths.memo)
     return paths
 
 
@@ -636,7 +637,7 @@ def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
         return _pull_repo(paths, source, name, as_json, no_wait)
     if not src.delivers_file(source):
         raise FarmhandError(f"{source}: {scheme}:// models are pulled by their backend, not into farmhand's store", 2)
-    if sha is not None and not re_sha256(sha):
+    if sha is not None and not is_sha256(sha):
         raise FarmhandError(f"--sha256 {sha}: expected 64 hex digits", 2)
     sources.check_uri(source, bool(sha), "models pull")
     base = source.split("://", 1)[1].split("@")[0].rstrip("/").rsplit("/", 1)[-1].split("?")[0]
@@ -685,7 +686,7 @@ def _pull_repo(paths, source: str, name: str | None, as_json: bool, no_wait: boo
     report = Reporter(json_lines=as_json)
     t0 = time.monotonic()
     ensure_dir(paths.hf_home, ledger, f"model:{name}")
-    repo_dir = paths.hf_home / "hub" / ("models--" + repo.repo.replace("/", "--"))
+    repo_dir = hf.repo_cache_dir(paths.hf_home, repo.repo)
     ledger.add_resource("model", repo_dir, f"model:{name}")
     try:
         repo_dir = hf.fetch_repo(source, paths.hf_home, report)
@@ -700,12 +701,6 @@ def _pull_repo(paths, source: str, name: str | None, as_json: bool, no_wait: boo
     _emit(result, as_json, lambda d: click.echo(
         f"pulled {d['name']}: {source} at {d['revision'][:12]} into {d['file']} ({_size(d['size'])}) in "
         f"{d['seconds']:.1f}s"))
-
-
-def re_sha256(text: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[0-9a-f]{64}", text) is not None
 
 
 @models.command("rm")
@@ -797,7 +792,7 @@ def logs(ctx, name, follow, lines):
     """Print a runtime's log (NAME: a runtime, or `supervisor`)."""
     import time
 
-    path = _paths(ctx).logs / f"{name}.log"
+    path = _paths(ctx).runtime_log(name)
     if not path.exists():
         known = sorted(p.stem for p in _paths(ctx).logs.glob("*.log")) if _paths(ctx).logs.exists() else []
         raise FarmhandError(f"no log for {name!r}; known: {', '.join(known) or 'none'}", 2)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import urlparse
 
 from .errors import BadInput
+from .refs import is_sha256
 
 
 def check_url(option: str, value: str | None) -> None:
@@ -19,5 +19,5 @@ def check_url(option: str, value: str | None) -> None:
 
 
 def check_sha256(option: str, value: str | None) -> None:
-    if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+    if value is not None and not is_sha256(value):
         raise BadInput(f"{option} {value}: expected 64 lowercase hex digits (sha256sum's output)")

@@ -23,7 +23,7 @@ from . import ports, process
 from .errors import EXIT_CONFLICT, Conflict, FarmhandError
 from .lock import holders, is_held
 from .paths import Paths, private_dir
-from .ports import client_host
+from .ports import LOOPBACK, client_host
 from .process import Identity, identity_of, is_alive
 
 
@@ -92,7 +92,7 @@ def locate(paths: Paths) -> SupervisorRecord | None:
                 continue
         except psutil.Error:
             continue
-        host, port = _listening_port(pid) or ("127.0.0.1", 0)
+        host, port = _listening_port(pid) or (LOOPBACK, 0)
         return SupervisorRecord(ident, host, port, "", damaged or f"{paths.supervisor_address} is missing")
     return None
 
@@ -144,7 +144,7 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
             os.kill(record["pid"], signal.SIGUSR1)
     else:
         private_dir(paths.logs)
-        log_fd = os.open(paths.logs / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        log_fd = os.open(paths.supervisor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         os.fchmod(log_fd, 0o600)  # a log made by an older farmhand with the umask's mode
         log = os.fdopen(log_fd, "ab")
         child = subprocess.Popen(
@@ -160,7 +160,7 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
         if body is not None and body["status"] in ("ok", "failed") and body.get("epoch", 0) >= (epoch or 0):
             break
         if child is not None and child.poll() is not None and supervisor_record(paths) is None:
-            tail = _tail(paths.logs / "supervisor.log", 10)
+            tail = _tail(paths.supervisor_log, 10)
             err = Conflict if child.returncode == EXIT_CONFLICT else FarmhandError  # its port held by a stranger
             raise err(f"the supervisor exited (code {child.returncode}) before its runtimes were ready:\n{tail}")
         if time.monotonic() > deadline:

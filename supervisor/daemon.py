@@ -29,6 +29,7 @@ from .health import HealthServer
 from .lock import InstanceLock, LockHeld
 from .notify import sd_notify
 from .paths import Paths
+from .refs import ENV_REF
 from .runlog import RotatingLog
 from .specs import RuntimeSpec, SupervisorSpec
 from .states import RUNNING, State, next_state
@@ -47,7 +48,6 @@ PROBE_SLOW_CAP = 2.0
 def next_probe_delay(delay: float, elapsed: float) -> float:
     """The wait before the next readiness probe, after `delay`, `elapsed` seconds into the start."""
     return min(max(min(delay * PROBE_GROWTH, PROBE_MAX_DELAY), elapsed * PROBE_ELAPSED_FRACTION), PROBE_SLOW_CAP)
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class MissingSecret(Exception):
@@ -65,7 +65,7 @@ def expand_env(value: str, env: dict[str, str]) -> str:
             raise MissingSecret(m.group(1))
         return env[m.group(1)]
 
-    return _ENV_REF.sub(resolve, value)
+    return ENV_REF.sub(resolve, value)
 
 
 class Runtime:
@@ -85,7 +85,7 @@ class Runtime:
         self.last_probe_ms: float | None = None
         self.last_error: str | None = None
         self.next_start: float | None = None
-        self.log = RotatingLog(paths.logs / f"{self.name}.log", spec.log_max_bytes, spec.log_backups)
+        self.log = RotatingLog(paths.runtime_log(self.name), spec.log_max_bytes, spec.log_backups)
 
     def transition(self, event: str) -> None:
         before, self.state = self.state, next_state(self.state, event)

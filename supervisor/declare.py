@@ -76,7 +76,8 @@ def from_profile(profile: dict, source: str) -> DeploymentDecl:
         where = f"{source}: deployment.roles.{name}"
         use = tuple(_candidate(item, f"{where}.use[{i}]", runtimes, remote, models)
                     for i, item in enumerate(data["use"]))
-        roles[name] = RoleDecl(name=name, use=use, llamafarm={k: data[k] for k in ROLE_FIELDS if k in data})
+        roles[name] = RoleDecl(name=name, use=use, llamafarm={k: data[k] for k in ROLE_FIELDS if k in data},
+                               embeddings=bool(data.get("embeddings", False)))
     if not roles:
         raise BadInput(f"{source}: deployment.roles: no roles declared (at least `default`)")
     default_role = dep.get("default_role") or ("default" if "default" in roles else next(iter(roles)))

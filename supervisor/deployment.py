@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 
 from . import sources
 from .errors import BadInput
+from .ports import LLAMAFARM_PORT, LOOPBACK
 
 ROLE_FIELDS = ("description", "prompts", "model_api_parameters", "mcp_servers", "instructor_mode", "extra_body",
                "tool_call_strategy", "tools", "keep_loaded", "encoder_config")
 RESERVED_RUNTIME_NAMES = {"supervisor": "the supervisor's own log and records"}
-LOOPBACK = "127.0.0.1"
-LLAMAFARM_ORIGIN = "http://127.0.0.1:8000"  # LlamaFarm's own server: the one origin allowed by default
+LLAMAFARM_ORIGIN = f"http://{LOOPBACK}:{LLAMAFARM_PORT}"  # LlamaFarm's own server: the one origin allowed by default
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -116,6 +116,7 @@ class RoleDecl:
     name: str
     use: tuple[Candidate, ...]
     llamafarm: dict = field(default_factory=dict, compare=False)  # the LlamaFarm entry's own fields
+    embeddings: bool = False  # declared `embeddings: true`: its runtime serves /v1/embeddings too
 
 
 @dataclass(frozen=True)

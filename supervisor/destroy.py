@@ -100,7 +100,7 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-    launcher = paths.launcher_dir / "farmhand"
+    launcher = paths.launcher
     try:
         if LAUNCHER_MARK in launcher.read_text(errors="replace"):
             launcher.unlink()

@@ -197,7 +197,7 @@ def sweep_temporaries(paths: Paths, projects: list[str] = ()) -> list[Path]:
     for project in projects:
         removed += projectfs.remove_temporaries(Path(project))
     # Not the state directory: the supervisor (which takes no home lock) writes there.
-    for root in (paths.models, paths.backends, paths.downloads, paths.wheelhouse, paths.cache, paths.cache / "tmp"):
+    for root in (paths.models, paths.backends, paths.downloads, paths.wheelhouse, paths.cache, paths.tmp):
         if not root.is_dir():
             continue
         for pattern in TEMPORARY:

@@ -79,6 +79,32 @@ class Paths:
         return self.state / "supervisor.json"
 
     @property
+    def supervisor_log(self) -> Path:
+        """The detached supervisor's own output (systemd's journal has it under a unit)."""
+        return self.logs / "supervisor.log"
+
+    def runtime_log(self, runtime: str) -> Path:
+        return self.logs / f"{runtime}.log"
+
+    def backend_store(self, backend: str) -> Path:
+        """A backend's own model store (Ollama's, Lemonade's), inside farmhand's."""
+        return self.models / backend
+
+    def install_prefix(self, backend: str, key: str) -> Path:
+        """One backend install, by its install key: an upgrade goes beside the old one."""
+        return self.backends / backend / key
+
+    @property
+    def memo(self) -> Path:
+        """What farmhand learned that is cheap to forget (rendered templates, parsed headers)."""
+        return self.cache / "memo.json"
+
+    @property
+    def tmp(self) -> Path:
+        """pip's and builds' temporaries: never the host's /tmp (an interrupted one is swept)."""
+        return self.cache / "tmp"
+
+    @property
     def overrides(self) -> Path:
         return self.config / "overrides.yaml"
 
@@ -95,6 +121,10 @@ class Paths:
         if self.mode == "user":
             return Path.home() / ".local" / "bin"
         return self.data.parent / "bin"
+
+    @property
+    def launcher(self) -> Path:
+        return self.launcher_dir / "farmhand"
 
     @property
     def wheelhouse(self) -> Path:

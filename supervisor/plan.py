@@ -15,6 +15,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from . import (
     bundle,
@@ -39,6 +40,8 @@ from .fsio import FINGERPRINT, file_fingerprint
 from .ledger import Ledger
 from .paths import Paths
 from .policy import RestartPolicy
+from .ports import LOOPBACK
+from .refs import env_ref
 from .selection import Oracle, PlanRefused, Selection, select
 from .sources import hf
 from .specs import RuntimeSpec, SupervisorSpec
@@ -148,15 +151,15 @@ class SpecRenderer:
                 readiness_expect=probe.expect, stop_signal=rt.backend.stop_signal,
                 grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
                 start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),
-                restart=restart, liveness_interval_s=float(self.settings.get("liveness_interval_s", 5.0)),
-                liveness_timeout_s=float(self.settings.get("liveness_timeout_s", 2.0)),
-                liveness_misses=int(self.settings.get("liveness_misses", 3)), models=tuple(rt.backend.model_id(m) for m in rt.models),
+                restart=restart, liveness_interval_s=float(self.settings.get("liveness_interval_s", RuntimeSpec.liveness_interval_s)),
+                liveness_timeout_s=float(self.settings.get("liveness_timeout_s", RuntimeSpec.liveness_timeout_s)),
+                liveness_misses=int(self.settings.get("liveness_misses", RuntimeSpec.liveness_misses)), models=tuple(rt.backend.model_id(m) for m in rt.models),
                 devices=tuple(d.id for d in rt.devices),
                 # Files the process reads at start: a restart is due when one changes. A backend
                 # with its own store reads its models from there, through its API.
                 identity=_identity([binary] + [store.store_path(self.paths.models, m.model) for m in rt.models
                                                if m.via_store and not rt.backend.own_store])))
-        return SupervisorSpec(tuple(out), "127.0.0.1", self.supervisor_port)
+        return SupervisorSpec(tuple(out), LOOPBACK, self.supervisor_port)
 
     def text(self) -> str:
         return self.render().text()
@@ -447,16 +450,16 @@ def llamafarm_entries(selection: Selection) -> list[dict]:
             if r.base_url:
                 entry["base_url"] = r.base_url
             if r.api_key_env:
-                entry["api_key"] = "${env:" + r.api_key_env + "}"
+                entry["api_key"] = env_ref(r.api_key_env)
         else:
             rt = selection.runtimes[b.runtime]
             served = next(m for m in rt.models if m.model.name == b.model)
             entry = {"name": b.role,
-                     "description": f"{b.model} on {rt.name} (127.0.0.1:{rt.port}), managed by farmhand",
+                     "description": f"{b.model} on {rt.name} ({urlparse(rt.url).netloc}), managed by farmhand",
                      "provider": rt.backend.provider, "model": rt.backend.model_id(served),
                      "base_url": rt.url}
             if rt.decl.api_key_env:
-                entry["api_key"] = "${env:" + rt.decl.api_key_env + "}"
+                entry["api_key"] = env_ref(rt.decl.api_key_env)
         entry["default"] = b.role == selection.default_role
         entries.append(entry | b.llamafarm)
     return entries

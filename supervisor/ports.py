@@ -16,15 +16,17 @@ from typing import Callable
 
 from .errors import BadInput, Conflict
 
+LOOPBACK = "127.0.0.1"  # where everything farmhand starts listens unless told otherwise
 SUPERVISOR = "supervisor"
 SUPERVISOR_DEFAULT_PORT = 11545
-RESERVED = {8000: "LlamaFarm's own server", 11540: "LlamaFarm's universal runtime"}
+LLAMAFARM_PORT = 8000  # LlamaFarm's own server
+RESERVED = {LLAMAFARM_PORT: "LlamaFarm's own server", 11540: "LlamaFarm's universal runtime"}
 SEARCH_SPAN = 200  # how far above a default to look for a free port
 
 
 def client_host(host: str) -> str:
     """Where a client on this machine reaches a server listening on `host`."""
-    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+    return LOOPBACK if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
 
 
 def validate(port: int, what: str = "port") -> int:
@@ -76,7 +78,7 @@ def assign(requests: list[PortRequest], recorded: dict[str, int], usable: Callab
     return out
 
 
-def is_free(port: int, host: str = "127.0.0.1") -> bool:
+def is_free(port: int, host: str = LOOPBACK) -> bool:
     """Free when nothing is listening on `host:port` (a bind test, no connection made)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:

@@ -13,7 +13,8 @@ with no candidate left is dropped with its reasons; the default role cannot be d
 plan is refused with the per-device sums. A runtime no role chose is not installed or started.
 
 Nothing here touches the host: what the world says (is a source reachable, what does a GGUF
-header hold, can this be installed) comes through an Oracle, which tests replace.
+header hold, can this be installed, is a key's variable set) comes through an Oracle, which
+tests replace.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Oracle:
     header: Callable[[ModelSpec], GGUFInfo | None]
     install_problem: Callable[[InstallSpec], str | None]
     running: Callable[[Backend, RuntimeDecl], RunningServer | None] = lambda backend, decl: None
+    # Whether an environment variable is set (a remote model's key). The default reads this
+    # process's environment, which is what the live plan and the tests' plans both mean.
+    is_set: Callable[[str], bool] = lambda name: bool(os.environ.get(name))
 
 
 @dataclass
@@ -60,6 +64,7 @@ class ServedModel:
     source: str  # "store" (farmhand has it), "kept" (pinned by the last apply), or the URI that delivers it
     info: GGUFInfo | None
     pinned_source: str = ""  # with "kept": the source the last apply used
+    embeddings: bool = False  # a role it serves declared `embeddings: true`
 
     @property
     def effective_source(self) -> str:
@@ -168,7 +173,7 @@ def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, 
                 remote = decl.remote[cand.remote]
                 bindings[role.name] = RoleBinding(role.name, None, None, remote, role.llamafarm,
                                                   _note(index, len(role.use)))
-                if remote.api_key_env and not os.environ.get(remote.api_key_env):
+                if remote.api_key_env and not oracle.is_set(remote.api_key_env):
                     warnings.append(f"role {role.name}: {remote.api_key_env} is not set; LlamaFarm cannot call "
                                     f"{remote.model} at {remote.base_url or remote.provider} until it is")
                 break
@@ -256,6 +261,7 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
             pool.commit(plan.placement, model.name, delta)
             existing.ctx_size, existing.estimate = ctx, bigger
         existing.roles.append(role.name)
+        existing.embeddings = existing.embeddings or role.embeddings
         return None
     need = estimate(model, info, ctx)
     if plan.placement is None:
@@ -268,6 +274,6 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
             return pool.no_room(list(placement.devices), need)
     pool.commit(placement, model.name, need)
     plan.placement = placement
-    plan.models.append(ServedModel(model, [role.name], ctx, need, source, info, kept or ""))
+    plan.models.append(ServedModel(model, [role.name], ctx, need, source, info, kept or "", role.embeddings))
     plans[rt_decl.name] = plan
     return None

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from .policy import RestartPolicy
+from .ports import LOOPBACK
 
 LOG_MAX_BYTES = 10 << 20
 LOG_BACKUPS = 3
@@ -25,6 +26,7 @@ class RuntimeSpec:
     port: int
     readiness_url: str
     env: tuple[tuple[str, str], ...] = ()
+    # The defaults below are the one place they are written: from_json and the plan read them.
     readiness_expect: int = 200
     base_url: str | None = None
     stop_signal: str = "SIGTERM"
@@ -60,12 +62,12 @@ class RuntimeSpec:
                    env=tuple(sorted((data.get("env") or {}).items())), port=int(data["port"]),
                    base_url=data.get("base_url"), readiness_url=data["readiness"]["url"],
                    readiness_expect=data["readiness"].get("expect", 200),
-                   stop_signal=data.get("stop_signal", "SIGTERM"), grace_s=float(data.get("grace_s", 10.0)),
-                   start_timeout_s=float(data.get("start_timeout_s", 120.0)),
+                   stop_signal=data.get("stop_signal", "SIGTERM"), grace_s=float(data.get("grace_s", cls.grace_s)),
+                   start_timeout_s=float(data.get("start_timeout_s", cls.start_timeout_s)),
                    restart=RestartPolicy.from_json(data.get("restart")),
-                   liveness_interval_s=float((data.get("liveness") or {}).get("interval_s", 5.0)),
-                   liveness_timeout_s=float((data.get("liveness") or {}).get("timeout_s", 2.0)),
-                   liveness_misses=int((data.get("liveness") or {}).get("misses", 3)),
+                   liveness_interval_s=float((data.get("liveness") or {}).get("interval_s", cls.liveness_interval_s)),
+                   liveness_timeout_s=float((data.get("liveness") or {}).get("timeout_s", cls.liveness_timeout_s)),
+                   liveness_misses=int((data.get("liveness") or {}).get("misses", cls.liveness_misses)),
                    models=tuple(data.get("models") or ()),
                    devices=tuple(data.get("devices") or ()), identity=data.get("identity", ""),
                    log_max_bytes=int(data.get("log_max_bytes", LOG_MAX_BYTES)),
@@ -75,7 +77,7 @@ class RuntimeSpec:
 @dataclass(frozen=True)
 class SupervisorSpec:
     runtimes: tuple[RuntimeSpec, ...]
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     port: int = 0  # the supervisor's /health; 0: any free port
 
     @property
@@ -94,4 +96,4 @@ class SupervisorSpec:
     def from_json(cls, data: dict) -> SupervisorSpec:
         sup = data.get("supervisor") or {}
         return cls(tuple(RuntimeSpec.from_json(r) for r in data.get("runtimes") or ()),
-                   sup.get("host", "127.0.0.1"), int(sup.get("port", 0)))
+                   sup.get("host", LOOPBACK), int(sup.get("port", 0)))

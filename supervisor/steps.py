@@ -1,7 +1,8 @@
 """The idempotent steps a plan is made of. Each has a cheap check() and an apply().
 
 check() answers "is the desired state already here?" without doing the work (no hashing,
-no builds, no network); apply() does the work and records what it created in the ledger.
+no builds, no downloads; the steps that put models into a running backend or restart the
+supervisor ask it over loopback, nothing beyond this machine); apply() does the work and records what it created in the ledger.
 preflight() runs for every step that will change before any step applies, so a plan that
 cannot finish (a backend that cannot be installed, a port held by a stranger) changes nothing.
 """
@@ -23,6 +24,7 @@ from .errors import EnvironmentProblem, FarmhandError, Unsupported
 from .fsio import atomic_write, ensure_dir, file_fingerprint, fingerprint_matches
 from .ledger import Ledger
 from .paths import Paths, private_dir
+from .refs import env_refs
 from .sources import SourceFailed, hf
 
 
@@ -182,7 +184,7 @@ class RepoStep(Step):
 
     def _dir(self, ctx: Context) -> Path:
 
-        return ctx.paths.hf_home / "hub" / ("models--" + hf.parse(self.source).repo.replace("/", "--"))
+        return hf.repo_cache_dir(ctx.paths.hf_home, hf.parse(self.source).repo)
 
     def check(self, ctx: Context) -> Status:
         record = ctx.ledger.artifact(self.id) or {}
@@ -460,13 +462,12 @@ class RuntimeStep(Step):
         self.spec_of, self.port_sources, self.after = spec_of, port_sources, after
 
     def preflight(self, ctx: Context) -> None:
-        import re
 
 
         spec = self.spec_of()
         for runtime in spec.runtimes:
             for _name, value in runtime.env:
-                for var in re.findall(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", value):
+                for var in env_refs(value):
                     if not os.environ.get(var):
                         raise EnvironmentProblem(
                             f"{var} is not set (or empty): refusing to start {runtime.name} without its API key; "
@@ -530,7 +531,7 @@ class LauncherStep(Step):
     id = "launcher:farmhand"
 
     def __init__(self, paths: Paths, python: str = sys.executable):
-        self.file = paths.launcher_dir / "farmhand"
+        self.file = paths.launcher
         env = f"export FARMHAND_HOME={shlex.quote(str(paths.data.parent))}\n" if paths.mode == "home" else ""
         system = "--system " if paths.mode == "system" else ""
         self.text = (f"#!/bin/sh\n{LAUNCHER_MARK}: written by `farmhand apply`, removed by `farmhand destroy`.\n"

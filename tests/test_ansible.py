@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from checks import assert_real_gemma_answers, listening_ports
 from conftest import REPO, free_port, home_processes
-from test_e2e import assert_real_gemma_answers, listening_ports
 
 pytestmark = pytest.mark.e2e
 PLAYBOOK = REPO / "docs" / "examples" / "farmhand-playbook.yml"

@@ -6,17 +6,10 @@ import hashlib
 import shutil
 
 import pytest
+from checks import one_line_error
 from conftest import REPO, free_port
 
 from supervisor.errors import EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_VERIFY
-
-
-def one_line_error(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("farmhand: error:")]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.rstrip().endswith(lines[0])  # the error is the last word, on one line
-    return lines[0]
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def test_a_fresh_host_bootstraps_from_the_bundle_with_no_network(offline_bundle,
     project.mkdir()
     port = free_port()
     py = sys.executable
-    check = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from test_e2e import assert_real_gemma_answers;"
+    check = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from checks import assert_real_gemma_answers;"
              f" assert_real_gemma_answers('http://127.0.0.1:{port}/v1', 'gemma3-270m')")
     script = f"""
         t0=$(date +%s.%N)

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from checks import one_line_error
 from conftest import fake_spec, free_port, home_processes, wait_for
-from test_bad_input import one_line_error
 
 from supervisor import destroy as destroy_mod
 from supervisor.errors import EXIT_BAD_INPUT, EXIT_CONFLICT
@@ -167,7 +167,7 @@ def test_system_mode_launcher_location():
     assert step.file == Path("/usr/local/bin/farmhand") and "--system" in step.text
 
 
-def test_the_supervisor_exits_promptly_when_asked_before_its_runtimes_are_ready(farmhand):
+def test_four_runtimes_that_ignore_sigterm_stop_in_about_one_grace_period(farmhand):
     """Parallel stop: four runtimes that each take their whole grace to die stop in about one
     grace period, not four."""
     grace = 0.6

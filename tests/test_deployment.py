@@ -135,7 +135,7 @@ CASES = {
                                                "embedder": {"backend": "llama-server"}},
                                   "roles": {"default": {"use": [{"model": "gemma3-270m", "runtime": "llama-server"}]},
                                             "embedding": {"use": [{"model": "gemma3-270m", "runtime": "embedder",
-                                                                   "ctx_size": 512}]}}}},
+                                                                   "ctx_size": 512}], "embeddings": True}}}},
         runtimes=[("llama-server", 11550, gemma(8192), {"LLAMA_API_KEY": "${env:LOCAL_KEY}"}, ["ram"]),
                   ("embedder", 11551, gemma(512, 11551, ("--embeddings",), roles=("embedding",)), {}, ["ram"])],
         entries=[("default", "openai", "gemma3-270m", "http://127.0.0.1:11550/v1", "${env:LOCAL_KEY}", True),
@@ -263,3 +263,30 @@ def test_amd_rocm_uses_only_the_supported_gpu(tmp_path):
     (rt,) = plan.selection.runtimes.values()
     assert [d.id for d in rt.devices] == ["gpu1"]
     assert dict(plan.renderer.render().runtimes[0].env)["ROCR_VISIBLE_DEVICES"] == "1"
+
+
+@pytest.mark.parametrize("role, declared, flag", [("embedding", None, False), ("vectors", True, True),
+                                                  ("embedding", False, False)])
+def test_embeddings_are_a_declared_role_property_not_a_name(role, declared, flag, tmp_path, gemma_header):
+    facts = host(16)
+    use = {"use": [{"model": "gemma3-270m", "runtime": "embedder", "ctx_size": 512}]}
+    if declared is not None:
+        use["embeddings"] = declared
+    overrides = {"deployment": {"runtimes": {"embedder": {"backend": "llama-server"}},
+                                "roles": {"default": {"use": [{"model": "gemma3-270m", "runtime": "llama-server"}]},
+                                          role: use}}}
+    plan = build(tmp_path, facts, overrides=overrides, oracle_=oracle(header=gemma_header, facts=facts))
+    argv = {r[0]: r[2] for r in runtime_rows(plan)}["embedder"]
+    assert ("--embeddings" in argv) is flag, argv
+
+
+@pytest.mark.parametrize("bind, reached", [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]"), ("0.0.0.0", "127.0.0.1"),
+                                           ("10.1.2.3", "10.1.2.3")])
+def test_the_llamafarm_entry_names_the_address_the_runtime_listens_on(bind, reached, tmp_path, gemma_header):
+    facts = host(16)
+    runtime = {"host": bind} | ({"api_key_env": "LOCAL_KEY"} if bind not in ("127.0.0.1", "::1") else {})
+    plan = build(tmp_path, facts, overrides={"deployment": {"runtimes": {"llama-server": runtime}}},
+                 oracle_=oracle(header=gemma_header, facts=facts))
+    (entry,) = plan.entries
+    assert entry["base_url"] == f"http://{reached}:11550/v1"
+    assert f"({reached}:11550)" in entry["description"], entry["description"]

@@ -5,49 +5,16 @@ nothing behind."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
+from checks import assert_real_gemma_answers, files_under, listening_ports
 from conftest import free_port, home_processes
 
 pytestmark = pytest.mark.e2e
-TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>")
-
-
-def assert_real_gemma_answers(url: str, alias: str, aliases: tuple[str, ...] = ("default",)) -> None:
-    """What a user checks: the chat prompt is rendered in Gemma's own turn format (not ChatML),
-    the answer is words and not template tokens, and the weights really compute (a plain
-    completion continues the days of the week). The model is a base model, so its chat answers
-    are text, not good answers: this proves the path, not the quality."""
-    base = url.removesuffix("/v1")
-    prompt = requests.post(f"{base}/apply-template", timeout=30,
-                           json={"messages": [{"role": "user", "content": "Name one colour."}]}).json()["prompt"]
-    assert prompt.startswith("<start_of_turn>user\nName one colour.<end_of_turn>"), prompt
-    reply = requests.post(f"{url}/chat/completions", timeout=120, json={
-        "model": alias, "max_tokens": 16, "temperature": 0,
-        "messages": [{"role": "user", "content": "Name one colour."}]}).json()
-    assert reply["model"] in {alias, *aliases}  # llama-server answers with one of the runtime's aliases
-    content = reply["choices"][0]["message"]["content"]
-    assert not any(t in content for t in TEMPLATE_TOKENS), content
-    assert re.search(r"[A-Za-z]{3,}", content), content
-    done = requests.post(f"{url}/completions", timeout=120, json={
-        "model": alias, "max_tokens": 8, "temperature": 0, "prompt": "Monday, Tuesday, Wednesday,"}).json()
-    assert "Thursday" in done["choices"][0]["text"], done
-
-
-def listening_ports() -> set[int]:
-    return {c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
-
-
-def files_under(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
-
-
 def test_apply_serves_the_real_model_and_destroy_leaves_nothing(farmhand, llama_wheel, tmp_path):
     port = free_port()
     overrides = tmp_path / "overrides.yaml"

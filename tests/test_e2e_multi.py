@@ -11,8 +11,8 @@ import psutil
 import pytest
 import requests
 import yaml
+from checks import TEMPLATE_TOKENS, files_under, listening_ports
 from conftest import REPO, home_processes
-from test_e2e import TEMPLATE_TOKENS, files_under, listening_ports
 
 from supervisor import llamafarm
 

@@ -12,6 +12,7 @@ import time
 
 import psutil
 import pytest
+from checks import Trials
 from conftest import FAKE, fake_spec, free_port, home_processes, wait_for
 
 REPEAT = int(os.environ.get("FARMHAND_FAULT_REPEAT", "20"))
@@ -31,12 +32,6 @@ def supervisors(farmhand) -> list[psutil.Process]:
     return [p for p in home_processes(farmhand.home) if p.cmdline()[-2:] == ["supervisor", "run"]]
 
 
-def report(capsys, name: str, clean: int) -> None:
-    with capsys.disabled():
-        print(f"\n  fault {name}: {clean}/{REPEAT} clean", end="")
-    assert clean == REPEAT
-
-
 def supervisor_pid(farmhand) -> int:
     return json.loads((farmhand.home / "state" / "supervisor.json").read_text())["pid"]
 
@@ -50,24 +45,25 @@ def kill_and_wait(pid: int) -> None:
 def test_sigkill_supervisor_mid_run_then_up(farmhand, capsys):
     port = free_port()
     farmhand.write_specs([fake_spec("svc", port, "--fork-child")])
-    clean = 0
+    trials = Trials(capsys, "SIGKILL supervisor mid-run, then up", REPEAT)
     for _ in range(REPEAT):
         farmhand.run("up", check=True)
         kill_and_wait(supervisor_pid(farmhand))
         farmhand.run("up", check=True)
         (leader,) = leaders(farmhand, port)
         kids = children(farmhand)
-        clean += len(kids) == 1 and os.getsid(kids[0].pid) == leader.pid and len(supervisors(farmhand)) == 1
+        trials.record(one_child=len(kids) == 1, child_in_the_new_leaders_session=bool(kids) and os.getsid(
+            kids[0].pid) == leader.pid, one_supervisor=len(supervisors(farmhand)) == 1)
     farmhand.run("down", check=True)
     assert not home_processes(farmhand.home)
-    report(capsys, "SIGKILL supervisor mid-run, then up", clean)
+    trials.report()
 
 
 def test_sigkill_supervisor_during_startup(farmhand, capsys):
     port = free_port()
     farmhand.write_specs([fake_spec("svc", port, "--ready-after", "0.5", "--fork-child")])
     processes = farmhand.home / "state" / "processes.json"
-    clean = 0
+    trials = Trials(capsys, "SIGKILL supervisor during start-up", REPEAT)
     for _ in range(REPEAT):
         starting = subprocess.Popen([sys.executable, "-m", "supervisor", "up"], env=farmhand.env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,25 +72,28 @@ def test_sigkill_supervisor_during_startup(farmhand, capsys):
         kill_and_wait(supervisor_pid(farmhand))
         assert starting.wait(30) != 0  # `up` reports the supervisor died; it does not hang
         farmhand.run("up", check=True)
-        clean += len(leaders(farmhand, port)) == 1 and len(children(farmhand)) == 1
+        one_leader, one_child = len(leaders(farmhand, port)) == 1, len(children(farmhand)) == 1
         farmhand.run("down", check=True)
-        clean -= bool(home_processes(farmhand.home))
-    report(capsys, "SIGKILL supervisor during start-up", clean)
+        trials.record(one_leader=one_leader, one_child=one_child, nothing_left_after_down=not home_processes(
+            farmhand.home))
+    trials.report()
 
 
 def test_crash_loop_backs_off_then_fails(farmhand, capsys):
     port = free_port()
     farmhand.write_specs([fake_spec("svc", port, "--exit-immediately", max_failures=3, backoff=0.02)])
-    clean = 0
+    trials = Trials(capsys, "crash loop -> backoff -> failed", REPEAT)
     for _ in range(REPEAT):
         proc = farmhand.run("up")
         body = json.loads(farmhand.run("status", "--json").stdout)
         (rt,) = body["runtimes"]
-        clean += (proc.returncode == 1 and "runtime failed" in proc.stderr and "fatal: exiting at once" in proc.stderr
-                  and rt["state"] == "failed" and rt["restarts"] == 2
-                  and "gave up after 3 failures" in rt["last_error"] and bool(rt["log_tail"]))
+        trials.record(up_exits_1=proc.returncode == 1, up_says_runtime_failed="runtime failed" in proc.stderr,
+                      up_shows_the_log="fatal: exiting at once" in proc.stderr, state_failed=rt["state"] == "failed",
+                      two_restarts=rt["restarts"] == 2,
+                      gave_up_after_3="gave up after 3 failures" in (rt["last_error"] or ""),
+                      log_tail_kept=bool(rt["log_tail"]))
         farmhand.run("down", check=True)
-    report(capsys, "crash loop -> backoff -> failed", clean)
+    trials.report()
 
 
 def test_crash_after_ready_is_restarted(farmhand):
@@ -112,42 +111,44 @@ def test_runtime_ignoring_sigterm_is_killed_after_grace(farmhand, capsys):
     port = free_port()
     grace = 0.3
     farmhand.write_specs([fake_spec("svc", port, "--ignore-term", grace_s=grace)])
-    clean = 0
+    trials = Trials(capsys, "runtime ignores SIGTERM -> SIGKILL after grace", REPEAT)
     for _ in range(REPEAT):
         farmhand.run("up", check=True)
         (leader,) = leaders(farmhand, port)
         result = farmhand.json("down")
         gone = not psutil.pid_exists(leader.pid) or leader.status() == psutil.STATUS_ZOMBIE
-        clean += gone and grace <= result["seconds"] < grace + 3
-    report(capsys, "runtime ignores SIGTERM -> SIGKILL after grace", clean)
+        trials.record(leader_gone=gone, waited_the_grace=grace <= result["seconds"],
+                      killed_soon_after=result["seconds"] < grace + 3)
+    trials.report()
 
 
 def test_background_child_is_stopped_too(farmhand, capsys):
     port = free_port()
     farmhand.write_specs([fake_spec("svc", port, "--fork-child")])
-    clean = 0
+    trials = Trials(capsys, "runtime forks a background child -> stopped too", REPEAT)
     for _ in range(REPEAT):
         farmhand.run("up", check=True)
         (kid,) = children(farmhand)
         farmhand.run("down", check=True)
-        clean += (not psutil.pid_exists(kid.pid) or kid.status() == psutil.STATUS_ZOMBIE) and not home_processes(
-            farmhand.home)
-    report(capsys, "runtime forks a background child -> stopped too", clean)
+        trials.record(child_gone=not psutil.pid_exists(kid.pid) or kid.status() == psutil.STATUS_ZOMBIE,
+                      nothing_left=not home_processes(farmhand.home))
+    trials.report()
 
 
 def test_two_ups_at_once_make_one_supervisor(farmhand, capsys):
     port = free_port()
     farmhand.write_specs([fake_spec("svc", port)])
-    clean = 0
+    trials = Trials(capsys, "two up at once -> one supervisor", REPEAT)
     for _ in range(REPEAT):
         ups = [subprocess.Popen([sys.executable, "-m", "supervisor", "up"], env=farmhand.env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
         codes = [p.wait(60) for p in ups]
         for p in ups:
             p.stderr.close()
-        clean += codes == [0, 0] and len(supervisors(farmhand)) == 1 and len(leaders(farmhand, port)) == 1
+        trials.record(both_up_exit_0=codes == [0, 0], one_supervisor=len(supervisors(farmhand)) == 1,
+                      one_runtime=len(leaders(farmhand, port)) == 1)
         farmhand.run("down", check=True)
-    report(capsys, "two up at once -> one supervisor", clean)
+    trials.report()
 
 
 def test_up_reports_a_port_held_by_a_stranger(farmhand, stranger):

@@ -25,8 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from checks import files_under, listening_ports
 from conftest import fake_spec, free_port, home_processes, wait_for
-from test_e2e import files_under, listening_ports
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
 from file_server import FileServer  # noqa: E402
@@ -128,10 +128,12 @@ def test_two_applies_and_apply_with_destroy_at_once(farmhand, llama_server_binar
             outs = [p.wait(300) for p in procs]
             status = farmhand.json("status", env=env)
             supervisors = [p for p in home_processes(farmhand.home) if p.cmdline()[-2:] == ["supervisor", "run"]]
-            ok = outs == [0, 0] and status["status"] == "ok" and len(supervisors) == 1
+            checks = {"both exit 0": outs == [0, 0], "status ok": status["status"] == "ok",
+                      "one supervisor": len(supervisors) == 1}
             json.loads((farmhand.home / "state" / "ledger.json").read_text())  # whole, valid
-            clean_two += ok
-            assert ok, (outs, status["status"], len(supervisors))
+            failed = [name for name, ok in checks.items() if not ok]
+            clean_two += not failed
+            assert not failed, (failed, outs, status["status"], len(supervisors))
         else:  # apply and destroy at once: whichever ran last decides, and that state is whole
             apply = subprocess.Popen(argv, cwd=farmhand.project, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -173,10 +175,12 @@ def test_a_stopped_runtime_is_marked_unhealthy_then_restarted(farmhand, capsys):
         after = wait_for(restarted, timeout=15, what="the stopped runtime to be restarted")
         took = time.monotonic() - t0
         gone = not psutil.pid_exists(before["pid"]) or psutil.Process(before["pid"]).status() == psutil.STATUS_ZOMBIE
-        ok = ("unhealthy" in seen and after["restarts"] == before["restarts"] + 1 and gone
-              and took < 0.1 * 3 + 0.2 * 3 + 3)  # three missed probes, the kill, the backoff, the start
-        clean += ok
-        assert ok, (seen, after, took, gone)
+        checks = {"marked unhealthy": "unhealthy" in seen, "one restart": after["restarts"] == before["restarts"] + 1,
+                  "old process gone": gone,
+                  "restarted in time": took < 0.1 * 3 + 0.2 * 3 + 3}  # three missed probes, the kill, the backoff
+        failed = [name for name, ok in checks.items() if not ok]
+        clean += not failed
+        assert not failed, (failed, seen, after, took)
     farmhand.run("down", check=True)
     report(capsys, "SIGSTOP a runtime -> unhealthy -> restarted", clean)
 
@@ -209,10 +213,12 @@ def test_a_model_corrupted_in_place_is_detected_and_repaired(farmhand, llama_ser
         served = requests.post(f"{url}/completions", timeout=60, json={
             "model": "gemma3-270m", "max_tokens": 6, "temperature": 0,
             "prompt": "Monday, Tuesday, Wednesday,"}).json()["choices"][0]["text"]
-        ok = noticed and again["changed"] and repaired and now["pid"] != pid and now["state"] == "ready" \
-            and "Thursday" in served
-        clean += ok
-        assert ok, (noticed, repaired, now, served)
+        checks = {"plan noticed": noticed, "apply changed": again["changed"], "file repaired": repaired,
+                  "runtime restarted": now["pid"] != pid, "runtime ready": now["state"] == "ready",
+                  "serves the real weights": "Thursday" in served}
+        failed = [name for name, ok in checks.items() if not ok]
+        clean += not failed
+        assert not failed, (failed, now, served)
     farmhand.run("destroy", "--yes", "--purge-models", env=env, check=True)
     report(capsys, "model corrupted in place -> detected, runtime serves the repaired file", clean)
 

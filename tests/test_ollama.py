@@ -18,11 +18,11 @@ import psutil
 import pytest
 import requests
 import yaml
+from checks import TEMPLATE_TOKENS, files_under, listening_ports
 from conftest import FIXTURES, free_port, home_processes, wait_for
 from fakes.file_server import FileServer
 from fakes.ollama_release import FAKE, registry, release, tiny_gguf
 from planning import build, host, nvidia, oracle
-from test_e2e import TEMPLATE_TOKENS, files_under, listening_ports
 
 from supervisor.backends import get_backend
 from supervisor.backends import ollama as ollama_backend

@@ -77,7 +77,7 @@ def journal(booted) -> list[dict]:
 
 def answers(booted, url: str) -> None:
     """The real chat check, run inside the booted system's network (its own loopback)."""
-    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from test_e2e import assert_real_gemma_answers; "
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from checks import assert_real_gemma_answers; "
             f"assert_real_gemma_answers({url!r}, 'gemma3-270m')")
     booted.run([sys.executable, "-c", code], namespaces="-n")
 

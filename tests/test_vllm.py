@@ -14,12 +14,12 @@ import psutil
 import pytest
 import requests
 import yaml
+from checks import TEMPLATE_TOKENS, files_under, listening_ports
 from conftest import FIXTURES, home_processes, wait_for
 from fakes.fault_server import FaultServer, HubRepo
 from fakes.file_server import FileServer
 from fakes.vllm_index import package_index
 from planning import build, default_choice, host, nvidia, oracle
-from test_e2e import TEMPLATE_TOKENS, files_under, listening_ports
 
 from supervisor import installers
 from supervisor.backends import get_backend

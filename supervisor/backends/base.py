@@ -21,7 +21,10 @@ from ..gguf import GGUFInfo
 from ..installers import InstallSpec
 from ..memory import Device, Placement
 from ..paths import Paths
-from ..ports import client_host  # noqa: F401 - backends' modules take it from here
+from ..ports import (
+    LOOPBACK,
+    client_host,  # noqa: F401 - backends' modules take it from here
+)
 
 
 class ServedModel(Protocol):
@@ -32,6 +35,7 @@ class ServedModel(Protocol):
     roles: list[str]
     ctx_size: int
     info: GGUFInfo | None
+    embeddings: bool  # a role it serves declared `embeddings: true`
 
     @property
     def effective_source(self) -> str: ...
@@ -228,11 +232,11 @@ class Backend:
         return None
 
     # --- running ----------------------------------------------------------------------------
-    def base_url(self, port: int, host: str = "127.0.0.1") -> str:
+    def base_url(self, port: int, host: str = LOOPBACK) -> str:
         """What llamafarm.yaml's base_url says for a model served on `port`."""
         return f"http://{client_host(host)}:{port}/v1"
 
-    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+    def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         raise NotImplementedError
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:

@@ -25,6 +25,7 @@ from pathlib import Path
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
+from ..ports import LOOPBACK
 from .base import (
     USE_HOST,
     USE_PORT,
@@ -122,13 +123,13 @@ class Lemonade(Backend):
         return LemonadeStore(self, url)
 
     def store_dir(self, paths: Paths) -> Path:
-        return paths.models / "lemonade"
+        return paths.backend_store("lemonade")
 
     # --- running ----------------------------------------------------------------------------
-    def base_url(self, port: int, host: str = "127.0.0.1") -> str:
+    def base_url(self, port: int, host: str = LOOPBACK) -> str:
         return f"http://{client_host(host)}:{port}/api/v1"
 
-    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+    def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/api/v1/health")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:

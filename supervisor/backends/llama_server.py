@@ -22,6 +22,8 @@ from pathlib import Path
 from .. import cpulevel
 from ..facts.parsers import parse_list_devices
 from ..paths import Paths
+from ..ports import LOOPBACK
+from ..refs import env_ref
 from ..store import store_path
 from .base import (
     USE_CORS,
@@ -204,7 +206,7 @@ class LlamaServer(Backend):
         m = re.search(r"version:\s*(.+)", text)  # "version: 0.6.0-dev (build 0, commit unknown)"
         return m.group(1).strip() if m else text.splitlines()[0]
 
-    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+    def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
@@ -226,7 +228,7 @@ class LlamaServer(Backend):
             if len(runtime.devices) > 1:
                 argv += ["--split-mode", "layer", "--tensor-split",
                          ",".join(f"{s:.3f}" for s in runtime.placement.shares)]
-        if "embedding" in served.roles:
+        if served.embeddings:
             argv += ["--embeddings"]
         argv += list(runtime.decl.args)
         env = self.visible_devices(runtime) | self.api_key_env(runtime) | dict(runtime.decl.env)
@@ -234,4 +236,4 @@ class LlamaServer(Backend):
 
     def api_key_env(self, runtime: RuntimePlan) -> dict[str, str]:
         var = runtime.decl.api_key_env
-        return {"LLAMA_API_KEY": "${env:" + var + "}"} if var else {}
+        return {"LLAMA_API_KEY": env_ref(var)} if var else {}

@@ -27,6 +27,7 @@ from pathlib import Path
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
+from ..ports import LOOPBACK
 from .base import (
     USE_CORS,
     USE_HOST,
@@ -159,14 +160,14 @@ class Ollama(Backend):
         return OllamaStore(self, url)
 
     # --- running ----------------------------------------------------------------------------
-    def base_url(self, port: int, host: str = "127.0.0.1") -> str:
+    def base_url(self, port: int, host: str = LOOPBACK) -> str:
         return f"http://{client_host(host)}:{port}"
 
-    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+    def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/api/version")
 
     def store_dir(self, paths: Paths) -> Path:
-        return paths.models / "ollama"
+        return paths.backend_store("ollama")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
         env = {"OLLAMA_HOST": f"{runtime.decl.host}:{runtime.port}", "OLLAMA_MODELS": str(self.store_dir(paths)),

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import FarmhandError
+from ..ports import LOOPBACK
 from ..sources.ollama import DEFAULT_NAMESPACE, DEFAULT_REGISTRY, parse_name, short_name  # noqa: F401 - Ollama's names
 from . import base
 
@@ -42,7 +43,7 @@ class OllamaAPI:
     def __init__(self, base_url: str, timeout: float = 5.0):
         self.base = base_url.rstrip("/")
         parts = urlparse(self.base)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 11434
+        self.host, self.port = parts.hostname or LOOPBACK, parts.port or 11434
         self.timeout = timeout
 
     # --- plumbing -------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ import sys
 from .. import sources
 from ..deployment import ModelSpec
 from ..paths import Paths
+from ..ports import LOOPBACK
+from ..refs import env_ref
 from .base import (
     USE_CORS,
     USE_HOST,
@@ -128,7 +130,7 @@ class Vllm(Backend):
     def repo(self, served: ServedModel) -> str:
         return self.source(served)[len("hf://"):].split("@")[0]
 
-    def readiness_probe(self, port: int, host: str = "127.0.0.1") -> ReadinessProbe:
+    def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
     def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
@@ -153,7 +155,7 @@ class Vllm(Backend):
         env = {"HF_HOME": str(paths.hf_home), "HF_HUB_OFFLINE": "1"} | self.visible_devices(runtime) | \
             dict(runtime.decl.env)
         if runtime.decl.api_key_env:
-            env["VLLM_API_KEY"] = "${env:" + runtime.decl.api_key_env + "}"
+            env["VLLM_API_KEY"] = env_ref(runtime.decl.api_key_env)
         return Launch(argv, env, tuple(notes))
 
 

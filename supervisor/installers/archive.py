@@ -14,7 +14,6 @@ URLs go through the https mirror when one is configured (sources.Mirrors).
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,9 @@ from ..errors import BadInput, FarmhandError, VerificationFailed
 from ..fetcher import Expect, FetchFailed, copy_from, download, sha256_file
 from ..fsio import ensure_dir
 from ..paths import Paths
+from ..refs import is_sha256
 from ..sources import check_uri, get
 from .base import Installer, InstallSpec, staged
-
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ def parse_sha256sums(text: str) -> dict[str, str]:
     sums = {}
     for line in text.splitlines():
         parts = line.strip().split(None, 1)
-        if len(parts) != 2 or not HEX64.match(parts[0].lower()):
+        if len(parts) != 2 or not is_sha256(parts[0].lower()):
             continue
         name = parts[1].strip().lstrip("*").rsplit("/", 1)[-1]
         sums[name] = parts[0].lower()
@@ -74,7 +72,7 @@ def parse_release_digests(text: str) -> dict[str, str]:
     out = {}
     for asset in assets:
         digest = str(asset.get("digest") or "")
-        if digest.startswith("sha256:") and HEX64.match(digest[7:].lower()):
+        if digest.startswith("sha256:") and is_sha256(digest[7:].lower()):
             out[str(asset.get("name"))] = digest[7:].lower()
     return out
 
@@ -103,7 +101,7 @@ class ArchiveInstaller(Installer):
             for archive in archives:
                 if not archive.url:
                     return f"{spec.backend}: an entry of install.archives has no url"
-                if archive.sha256 is not None and not HEX64.match(str(archive.sha256)):
+                if archive.sha256 is not None and not is_sha256(str(archive.sha256)):
                     return f"{spec.backend}: install sha256 for {archive.name} is not 64 hex digits"
                 check_uri(archive.url, bool(archive.sha256 or sums), f"{spec.backend}: install url")
             if sums:

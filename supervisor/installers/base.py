@@ -73,7 +73,7 @@ class Installer:
 
     def prefix(self, spec: InstallSpec, paths: Paths) -> Path | None:
         """The directory farmhand owns for this install (None: farmhand owns nothing)."""
-        return paths.backends / spec.backend / spec.key
+        return paths.install_prefix(spec.backend, spec.key)
 
     def binary(self, spec: InstallSpec, paths: Paths) -> Path:
         """Where the executable is, or will be once installed."""

@@ -142,7 +142,7 @@ def relocate_venv(venv: Path, final: Path) -> None:
 def _temp_env(paths: Paths) -> dict[str, str]:
     """pip and compilers write their temporaries under farmhand's cache, never the host's /tmp:
     a build killed half-way leaves nothing that `destroy` does not know about."""
-    tmp = paths.cache / "tmp"
+    tmp = paths.tmp
     private_dir(tmp)
     return {"TMPDIR": str(tmp)}
 

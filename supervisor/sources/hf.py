@@ -18,10 +18,9 @@ from pathlib import Path
 
 from .. import fetcher
 from ..errors import BadInput
+from ..refs import is_sha256
 from .base import REACH_TIMEOUT, Source, SourceFailed, mirrors, via
 from .http import head
-
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,11 @@ def parse(uri: str) -> HfFile:
     body, _, revision = uri[len("hf://"):].partition("@")
     parts = body.strip("/").split("/")
     return HfFile("/".join(parts[:2]), "/".join(parts[2:]), revision or "main")
+
+
+def repo_cache_dir(hf_home: Path, repo: str) -> Path:
+    """Where huggingface_hub keeps a repo under HF_HOME (its own layout: hub/models--ORG--NAME)."""
+    return hf_home / "hub" / ("models--" + repo.replace("/", "--"))
 
 
 def endpoint() -> str:
@@ -129,7 +133,7 @@ class HfSource(Source):
         from dataclasses import replace
 
         meta = self.metadata(uri, timeout=REACH_TIMEOUT * 4)
-        hub_sha = meta.etag if meta.etag and SHA256.match(meta.etag) else None
+        hub_sha = meta.etag if is_sha256(meta.etag) else None
         if expect.sha256 and hub_sha and expect.sha256 != hub_sha:
             raise SourceFailed(f"the Hub says {uri} has sha256 {hub_sha}, the profile pins {expect.sha256}: "
                                "pin the revision the profile was written for")
