@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, cpulevel
+from . import __version__, cpulevel, stepids
 from .errors import EXIT_CHANGES_PENDING, EXIT_CONFLICT, BadInput, FarmhandError
 from .refs import is_sha256
 
@@ -512,18 +512,18 @@ def _print_status(body: dict) -> None:
 
 def status_body(paths) -> dict:
     """The supervisor's view (or the specs when it is down) plus every role, local and remote."""
-    from . import client
+    from . import client, statefiles
 
     body = client.health(paths)
     if body is None:
-        specs = client._read_json(paths.runtimes) or {"runtimes": []}
+        specs = statefiles.read_specs_or_none(paths)
         record = client.supervisor_record(paths)  # alive, but not answering: stopped or hung
         status, state = ("not responding", "unknown") if record else ("down", "stopped")
         body = {"status": status, "supervisor": {"pid": record["pid"]} if record else None, "runtimes": [
-            {"name": r["name"], "backend": r.get("backend"), "state": state, "pid": None, "port": r["port"],
-             "uptime_s": 0, "restarts": 0, "last_probe_ms": None, "models": r.get("models", []),
-             "devices": r.get("devices", []), "last_error": None} for r in specs.get("runtimes", [])]}
-    record = client._read_json(paths.deployment) or {}
+            {"name": r.name, "backend": r.backend, "state": state, "pid": None, "port": r.port,
+             "uptime_s": 0, "restarts": 0, "last_probe_ms": None, "models": list(r.models),
+             "devices": list(r.devices), "last_error": None} for r in (specs.runtimes if specs else ())]}
+    record = statefiles.read_deployment(paths)
     states = {r["name"]: r["state"] for r in body["runtimes"]}
     body["roles"], body["warnings"] = [], []
     for role in record.get("roles", []):
@@ -577,10 +577,10 @@ def _store_rows(paths, ledger) -> list[dict]:
 
     rows = []
     for key, record in sorted(ledger.data["artifacts"].items()):
-        if not key.startswith("model:"):
+        if stepids.model_name(key) is None:
             continue
         path = Path(record["path"])
-        rows.append({"name": key[len("model:"):], "kind": record.get("kind", "file"), "file": str(path),
+        rows.append({"name": stepids.model_name(key), "kind": record.get("kind", "file"), "file": str(path),
                      "size": record.get("size"), "sha256": record.get("sha256"), "source": record.get("source"),
                      "present": path.exists(), "used_by": used_by(paths, path)})
     return rows
@@ -653,16 +653,16 @@ def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
     report = Reporter(json_lines=as_json)
     t0 = time.monotonic()
     try:
-        ensure_dir(paths.models, ledger, f"model:{name}")
+        ensure_dir(paths.models, ledger, stepids.model(name))
         target = store.store_path(paths.models, model)
         if target.exists():
             raise FarmhandError(f"{target} is already in the store (farmhand models rm {name} first)", 3)
-        ledger.add_resource("file", target.with_name(target.name + ".partial"), f"model:{name}")
-        ledger.add_resource("model", target, f"model:{name}")
+        ledger.add_resource("file", target.with_name(target.name + ".partial"), stepids.model(name))
+        ledger.add_resource("model", target, stepids.model(name))
         record = store.fetch(model, paths.models, report, ledger)
     finally:
         report.close()
-    ledger.set_artifact(f"model:{name}", file_fingerprint(target) | {"sha256": record["sha256"], "source": source})
+    ledger.set_artifact(stepids.model(name), file_fingerprint(target) | {"sha256": record["sha256"], "source": source})
     ledger.save()
     result = {"name": name, "file": str(target), "size": target.stat().st_size, "sha256": record["sha256"],
               "source": source, "seconds": round(time.monotonic() - t0, 2)}
@@ -685,16 +685,16 @@ def _pull_repo(paths, source: str, name: str | None, as_json: bool, no_wait: boo
     ledger = Ledger(paths)
     report = Reporter(json_lines=as_json)
     t0 = time.monotonic()
-    ensure_dir(paths.hf_home, ledger, f"model:{name}")
+    ensure_dir(paths.hf_home, ledger, stepids.model(name))
     repo_dir = hf.repo_cache_dir(paths.hf_home, repo.repo)
-    ledger.add_resource("model", repo_dir, f"model:{name}")
+    ledger.add_resource("model", repo_dir, stepids.model(name))
     try:
         repo_dir = hf.fetch_repo(source, paths.hf_home, report)
     finally:
         report.close()
     record = hf.repo_record(repo_dir, source)
     revision, size = record["revision"], record["size"]
-    ledger.set_artifact(f"model:{name}", record)
+    ledger.set_artifact(stepids.model(name), record)
     ledger.save()
     result = {"name": name, "file": str(repo_dir), "size": size, "revision": revision, "source": source,
               "seconds": round(time.monotonic() - t0, 2)}
@@ -731,7 +731,7 @@ def models_rm(ctx, name, as_json, no_wait):
     path = Path(row["file"])
     path.unlink(missing_ok=True)
     ledger.forget_resource(path)
-    ledger.drop_artifact(f"model:{name}")
+    ledger.drop_artifact(stepids.model(name))
     ledger.save()
     _emit({"removed": name, "file": str(path)}, as_json, lambda d: click.echo(f"removed {d['removed']} ({d['file']})"))
 
@@ -769,8 +769,8 @@ def models_verify(ctx, name, as_json):
         ok = actual == r["sha256"]
         results.append({"name": r["name"], "file": r["file"], "recorded": r["sha256"], "actual": actual, "ok": ok})
         if ok:  # verified now: a later run trusts this fingerprint
-            record = ledger.artifact(f"model:{r['name']}") | file_fingerprint(Path(r["file"]))
-            ledger.set_artifact(f"model:{r['name']}", record)
+            record = ledger.artifact(stepids.model(r["name"])) | file_fingerprint(Path(r["file"]))
+            ledger.set_artifact(stepids.model(r["name"]), record)
     bad = [r for r in results if not r["ok"]]
     if not bad and results:
         ledger.save()

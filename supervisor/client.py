@@ -14,17 +14,17 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from . import ports, process
+from . import ports, process, statefiles
 from .errors import EXIT_CONFLICT, Conflict, FarmhandError
 from .lock import holders, is_held
 from .paths import Paths, private_dir
 from .ports import LOOPBACK, client_host
-from .process import Identity, identity_of, is_alive
+from .process import identity_of, is_alive
+from .statefiles import SupervisorRecord
 
 
 def _read_json(path: Path) -> dict | None:
@@ -32,37 +32,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-
-
-@dataclass(frozen=True)
-class SupervisorRecord:
-    """The running supervisor: who it is and where its /health listens. `damaged` says why its
-    record file could not be used when it was found by the lock it holds instead."""
-
-    ident: Identity
-    host: str
-    port: int
-    spec_digest: str = ""
-    damaged: str = ""
-
-    def to_json(self) -> dict:
-        return {**self.ident.to_json(), "host": self.host, "port": self.port, "spec_digest": self.spec_digest}
-
-
-def _parse_record(path: Path) -> tuple[SupervisorRecord | None, str]:
-    """(the record, "") or (None, why it is unusable; "" when there is none)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None, ""
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, f"{path} is unreadable ({exc})"
-    try:
-        data = json.loads(text)
-        return SupervisorRecord(Identity.from_json(data), str(data["host"]), int(data["port"]),
-                                str(data.get("spec_digest", ""))), ""
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None, f"{path} is damaged (not the supervisor's record)"
 
 
 def _listening_port(pid: int) -> tuple[str, int] | None:
@@ -80,7 +49,7 @@ def locate(paths: Paths) -> SupervisorRecord | None:
     """The supervisor running for this home, if one runs: by its record when that names a live
     process (identity-checked), else by the instance lock it holds, whatever the record says
     (a damaged or lost supervisor.json must never make a running supervisor look stopped)."""
-    record, damaged = _parse_record(paths.supervisor_address)
+    record, damaged = statefiles.read_supervisor(paths)
     if record is not None and is_alive(record.ident):
         return record
     for pid in holders(paths.supervisor_lock):
@@ -120,14 +89,14 @@ def health(paths: Paths, timeout: float = 2.0) -> dict | None:
 
 def up(paths: Paths, report, timeout: float | None = None) -> dict:
     """Start the supervisor unless it runs; wait until every runtime is ready or one failed."""
-    specs = _read_json(paths.runtimes)
-    if not specs:
+    specs = statefiles.read_specs(paths)
+    if specs is None:
         raise FarmhandError(f"nothing to run: no runtime specs at {paths.runtimes}; run `farmhand apply` first")
-    if not specs["runtimes"]:  # every runtime is a server farmhand uses but does not start
+    if not specs.runtimes:  # every runtime is a server farmhand uses but does not start
         return {"status": "ok", "supervisor": None, "runtimes": [],
                 "note": "nothing for farmhand to start: every runtime is a server it uses but does not run"}
     if timeout is None:
-        timeout = max(r["start_timeout_s"] for r in specs["runtimes"]) + 10
+        timeout = max(r.start_timeout_s for r in specs.runtimes) + 10
     child = None
     record = supervisor_record(paths)
     epoch = None  # after a retry, wait for the supervisor's answer to it, not its old state
@@ -186,21 +155,13 @@ def _reap_later(child: subprocess.Popen) -> None:
     child.returncode = 0
 
 
-def process_records(paths: Paths) -> list[dict]:
-    """The runtime identities a supervisor recorded (state/processes.json); a damaged file names
-    nobody (process.reap_leftovers checks each record's shape again)."""
-    data = _read_json(paths.processes)
-    runtimes = data.get("runtimes") if isinstance(data, dict) else None
-    return [r for r in runtimes.values() if isinstance(r, dict)] if isinstance(runtimes, dict) else []
-
-
 def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
     """Stop the supervisor and its runtimes. Idempotent: nothing running is success. The
     supervisor is found by its record or by the lock it holds, and "stopped" is said only once it
     is seen gone."""
     t0 = time.monotonic()
     found = locate(paths)
-    specs = _read_json(paths.runtimes)
+    specs = statefiles.read_specs_or_none(paths)
     result = {"stopped": False, "reaped": [], "seconds": 0.0}
     if found is not None:
         ident = found.ident
@@ -215,18 +176,16 @@ def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
         if found.damaged:
             result["note"] = f"found the supervisor by its lock: {found.damaged}"
     # Whatever a killed supervisor left behind (identity-checked, never a stranger).
-    leftovers = process_records(paths)
+    leftovers = statefiles.read_processes(paths)
     if leftovers:
-        result["reaped"] = process.reap_leftovers(leftovers)
+        result["reaped"] = process.reap_leftovers([i.to_json() for i in leftovers.values()])
     paths.processes.unlink(missing_ok=True)
     if locate(paths) is None:
         paths.supervisor_address.unlink(missing_ok=True)
         if paths.supervisor_lock.exists() and not is_held(paths.supervisor_lock):
             paths.supervisor_lock.unlink(missing_ok=True)
-    runtimes = specs.get("runtimes") if isinstance(specs, dict) else None
-    for runtime in runtimes if isinstance(runtimes, list) else []:
-        if isinstance(runtime, dict) and isinstance(runtime.get("port"), int):
-            ports.wait_free(runtime["port"], 5.0)
+    for runtime in specs.runtimes if specs else ():
+        ports.wait_free(runtime.port, 5.0)
     result["seconds"] = round(time.monotonic() - t0, 4)
     return result
 

@@ -11,7 +11,6 @@ runlog.py (rotated logs), notify.py (sd_notify), process.py (identity, spawn, st
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import queue
 import re
@@ -19,12 +18,10 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
-from . import ports, process
+from . import ports, process, statefiles
 from .errors import Conflict, FarmhandError
-from .fsio import atomic_write
 from .health import HealthServer
 from .lock import InstanceLock, LockHeld
 from .notify import sd_notify
@@ -137,9 +134,9 @@ class Supervisor:
         try:
             self.instance.acquire()
         except LockHeld:
-            running = _read_json(self.paths.supervisor_address) or {}
+            running, _ = statefiles.read_supervisor(self.paths)
             raise Conflict(f"a supervisor is already running for {self.paths.state} "
-                           f"(pid {running.get('pid', '?')})") from None
+                           f"(pid {running.ident.pid if running else '?'})") from None
         process.become_subreaper()
         signal.signal(signal.SIGTERM, lambda *_: self.events.put(("shutdown", None, None)))
         signal.signal(signal.SIGINT, lambda *_: self.events.put(("shutdown", None, None)))
@@ -161,8 +158,7 @@ class Supervisor:
 
     def _reap_previous(self) -> None:
         """A previous supervisor was killed: stop what it left (identity-checked) first."""
-        old = _read_json(self.paths.processes) or {}
-        records = list(old.get("runtimes", {}).values())
+        records = [i.to_json() for i in statefiles.read_processes(self.paths).values()]
         if records:
             killed = process.reap_leftovers(records)
             if killed:
@@ -180,10 +176,7 @@ class Supervisor:
         self.health_server.start()
         me = process.identity_of(os.getpid())
         host, port = self.health_server.address
-        atomic_write(self.paths.supervisor_address, json.dumps({
-            "pid": me.pid, "create_time": me.create_time, "sid": me.sid, "host": host, "port": port,
-            "spec_digest": self.spec.digest,
-        }) + "\n", 0o600)
+        statefiles.write_supervisor(self.paths, statefiles.SupervisorRecord(me, host, port, self.spec.digest))
 
     def health(self) -> dict:
         with self.lock:
@@ -418,9 +411,8 @@ class Supervisor:
         self.instance.release()
 
     def _write_processes(self) -> None:
-        records = {rt.name: rt.ident.to_json() for rt in self.runtimes
-                   if rt.ident is not None and rt.state not in (State.STOPPED,)}
-        atomic_write(self.paths.processes, json.dumps({"runtimes": records}) + "\n", 0o600)
+        statefiles.write_processes(self.paths, {rt.name: rt.ident for rt in self.runtimes
+                                                if rt.ident is not None and rt.state not in (State.STOPPED,)})
 
 
 def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.0) -> bool:
@@ -434,15 +426,8 @@ def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.
         conn.close()
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def run_foreground(paths: Paths) -> int:
-    data = _read_json(paths.runtimes)
-    if not data or not data.get("runtimes"):
+    spec = statefiles.read_specs(paths)
+    if spec is None or not spec.runtimes:
         raise FarmhandError(f"no runtime specs at {paths.runtimes}; run `farmhand apply` first")
-    return Supervisor(paths, SupervisorSpec.from_json(data)).run()
+    return Supervisor(paths, spec).run()

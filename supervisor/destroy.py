@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import client, llamafarm, memo, projectfs, store
+from . import client, llamafarm, memo, projectfs, stepids, store
 from .deploy import undeploy
 from .errors import FarmhandError
 from .fsio import atomic_write
@@ -37,7 +37,7 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     for name, record in (ledger.data.get("runtimes") or {}).items():
         if record.get("external"):
             models = [a["name"] for k, a in ledger.data["artifacts"].items()
-                      if k.split(":", 1)[0] in ("pull", "import") and k.split(":", 1)[1].startswith(f"{name}/")]
+                      if (stepids.backend_model(k) or ("",))[0] == name]
             kept.append(f"the server at {record['external']} that runtime {name} used (not farmhand's; left running)"
                         + (f" and the models farmhand put into it: {', '.join(models)} (remove one with "
                            f"`ollama rm NAME`)" if models else ""))
@@ -81,7 +81,7 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
         dirs = [r for r in ledger.resources() if r["kind"] == "dir" and any(
             m["path"].startswith(r["path"] + "/") for m in kept_models)]
         index = {"resources": dirs + kept_models,
-                 "artifacts": {k: v for k, v in ledger.data["artifacts"].items() if k.startswith("model:")}}
+                 "artifacts": {k: v for k, v in ledger.data["artifacts"].items() if stepids.model_name(k) is not None}}
 
         atomic_write(ledger.store_index, json.dumps(index, indent=1) + "\n", 0o600)
     # farmhand's own directories hold nothing but farmhand's, so whatever a lost or interrupted

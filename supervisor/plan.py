@@ -29,6 +29,7 @@ from . import (
     ports,
     profiles,
     sources,
+    stepids,
     steps,
     store,
 )
@@ -195,7 +196,7 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
     def available(model: ModelSpec, backend: Backend, server: RunningServer | None = None) -> tuple[bool, str, str]:
         usable = backend.usable_sources(model)
         file_based = [u for u in usable if sources.get(u).delivers_file(u)]
-        if file_based and store.in_store(paths.models, model, ledger.artifact(f"model:{model.name}")):
+        if file_based and store.in_store(paths.models, model, ledger.artifact(stepids.model(model.name))):
             return True, "in store", "store"
         offline = bundle.active()
         if offline is not None:  # installing from a bundle: what it holds, and no other source is asked
@@ -389,7 +390,7 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
     plan_steps.append(steps.RuntimeStep(renderer.render, port_sources,
                                         after=("spec:runtimes.json", "config:llamafarm.yaml")))
     plan_steps += _store_steps(selection)
-    plan_steps.append(steps.PruneStep({s.id for s in installs.values()}, after=("runtime:up",)))
+    plan_steps.append(steps.PruneStep({s.id for s in installs.values()}, after=(stepids.RUNTIME_UP,)))
     return Plan(profile, match, matches, fallbacks, decl, selection, assigned, renderer, entries, launcher, plan_steps)
 
 

@@ -5,31 +5,22 @@ else is an error that names the holder; farmhand never signals it."""
 
 from __future__ import annotations
 
-import json
-
-from . import client
+from . import client, statefiles
 from .errors import Conflict
 from .paths import Paths
 from .ports import holder, is_free
-from .process import Identity, is_alive, session_members
+from .process import is_alive, session_members
 
 
 def our_pids(paths: Paths) -> set[int]:
     """Pids of the supervisor and the runtime sessions farmhand started (identity-checked)."""
     pids: set[int] = set()
-    for file in (paths.supervisor_address, paths.processes):
-        try:
-            data = json.loads(file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        records = data.get("runtimes", {}).values() if "runtimes" in data else [data]
-        for record in records:
-            if "pid" not in record or "create_time" not in record:
-                continue
-            ident = Identity.from_json(record)
-            if is_alive(ident):
-                pids.add(ident.pid)
-            pids.update(p.pid for p in session_members(ident))
+    found = client.locate(paths)
+    idents = ([found.ident] if found else []) + list(statefiles.read_processes(paths).values())
+    for ident in idents:
+        if is_alive(ident):
+            pids.add(ident.pid)
+        pids.update(p.pid for p in session_members(ident))
     return pids
 
 

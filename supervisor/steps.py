@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
-from . import bundle, client, installers, llamafarm, portowners, ports, projectfs, sources, store
+from . import bundle, client, installers, llamafarm, portowners, ports, projectfs, sources, stepids, store
 from .backends.base import InstallRejected, NotAnswering
 from .deployment import ModelSpec
 from .errors import EnvironmentProblem, FarmhandError, Unsupported
@@ -64,7 +64,7 @@ class InstallStep(Step):
     def __init__(self, spec: installers.InstallSpec, backend):
         self.spec, self.backend = spec, backend
         self.installer = installers.get(spec.method)
-        self.id = f"install:{spec.key}"
+        self.id = stepids.install(spec.key)
 
     def preflight(self, ctx: Context) -> None:
         problem = installers.problem_of(self.spec, installers.LIVE)
@@ -127,7 +127,7 @@ class ModelStep(Step):
 
     def __init__(self, model: ModelSpec):
         self.model = model
-        self.id = f"model:{model.name}"
+        self.id = stepids.model(model.name)
 
     def path(self, ctx: Context) -> Path:
         return store.store_path(ctx.paths.models, self.model)
@@ -180,7 +180,7 @@ class RepoStep(Step):
 
     def __init__(self, name: str, source: str):
         self.name, self.source = name, source
-        self.id = f"model:{name}"
+        self.id = stepids.model(name)
 
     def _dir(self, ctx: Context) -> Path:
 
@@ -339,8 +339,8 @@ class StoreModelStep(Step):
         self.backend = runtime.backend
         self.name = self.backend.model_id(served)
         self.imported = served.via_store
-        self.id = f"{'import' if self.imported else 'pull'}:{runtime.name}/{served.model.name}"
-        self.after = ("runtime:up",) + ((f"model:{served.model.name}",) if self.imported else ())
+        self.id = stepids.into_backend(self.imported, runtime.name, served.model.name)
+        self.after = (stepids.RUNTIME_UP,) + ((stepids.model(served.model.name),) if self.imported else ())
 
     def _store(self):
         return self.backend.model_store(self.runtime.url)
@@ -364,7 +364,7 @@ class StoreModelStep(Step):
         store_ = self._store()
         if self.imported:
             path = store.store_path(ctx.paths.models, self.served.model)
-            digest = (ctx.ledger.artifact(f"model:{self.served.model.name}") or {}).get("sha256") \
+            digest = (ctx.ledger.artifact(stepids.model(self.served.model.name)) or {}).get("sha256") \
                 or store.sha256_file(path)
             detail = store_.import_file(self.served, path, digest, ctx.report)
         else:
@@ -386,7 +386,7 @@ class LoadStep(Step):
 
     def __init__(self, runtime, name: str, after: tuple[str, ...] = ()):
         self.runtime, self.name, self.after = runtime, name, after
-        self.id = f"load:{runtime.name}/{name}"
+        self.id = stepids.load(runtime.name, name)
 
     def check(self, ctx: Context) -> Status:
 
@@ -456,7 +456,7 @@ class PruneStep(Step):
 class RuntimeStep(Step):
     """The supervisor runs the rendered specs and every runtime answers its readiness probe."""
 
-    id = "runtime:up"
+    id = stepids.RUNTIME_UP
 
     def __init__(self, spec_of: Callable[[], object], port_sources: dict[str, str], after: tuple[str, ...] = ()):
         self.spec_of, self.port_sources, self.after = spec_of, port_sources, after

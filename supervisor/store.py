@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import bundle, fetcher, sources
+from . import bundle, fetcher, sources, statefiles
 from .deployment import ModelSpec
 from .errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from .fetcher import sha256_file as digest
@@ -127,13 +127,8 @@ def fetch(model: ModelSpec, models_dir: Path, report, ledger=None) -> dict:
 
 def used_by(paths, model_file: Path) -> list[str]:
     """The runtimes whose specs serve this file (from runtimes.json)."""
-    import json
-
-    try:
-        specs = json.loads(paths.runtimes.read_text())
-    except (OSError, ValueError):
-        return []
-    return [r["name"] for r in specs.get("runtimes", []) if str(model_file) in r.get("argv", [])]
+    specs = statefiles.read_specs_or_none(paths)
+    return [r.name for r in (specs.runtimes if specs else ()) if str(model_file) in r.argv]
 
 
 def sha256_file(path: Path) -> str:

@@ -20,7 +20,8 @@ PACKAGE = REPO / "supervisor"
 # Lowest first. `runtime` needs nothing but `core`: the supervisor never loads the planner.
 LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"supervisor", "errors", "paths", "cpulevel", "policy", "states", "notify", "progress", "projectfs",
-              "process", "fsio", "memo", "yamlio", "gguf", "runlog", "health", "lock", "specs", "ports", "refs"}),
+              "process", "fsio", "memo", "yamlio", "gguf", "runlog", "health", "lock", "specs", "ports", "refs",
+              "stepids", "statefiles"}),
     ("runtime", {"daemon", "client"}),
     ("facts", {"facts", "facts.hostio", "facts.parsers", "facts.probes"}),
     ("world", {"fetcher", "extract", "sources", "sources.base", "sources.file", "sources.hf", "sources.http",

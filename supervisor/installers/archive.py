@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import bundle, extract
+from .. import bundle, extract, stepids
 from ..errors import BadInput, FarmhandError, VerificationFailed
 from ..fetcher import Expect, FetchFailed, copy_from, download, sha256_file
 from ..fsio import ensure_dir
@@ -117,7 +117,7 @@ class ArchiveInstaller(Installer):
         problem = self.problem(spec, None)
         if problem:
             raise BadInput(problem)
-        step = f"install:{spec.key}"
+        step = stepids.install(spec.key)
         prefix = self.prefix(spec, paths)
         try:
             return self._install(spec, paths, ledger, report, step, prefix)

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import bundle
+from .. import bundle, stepids
 from ..errors import EnvironmentProblem, FarmhandError
 from ..fsio import ensure_dir
 from ..paths import Paths, private_dir
@@ -57,7 +57,7 @@ class PipInstaller(Installer):
 
     def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
         prefix = self.prefix(spec, paths)
-        step = f"install:{spec.key}"
+        step = stepids.install(spec.key)
         ensure_dir(prefix.parent, ledger, step)
         with staged(prefix, ledger, step, kind="venv") as staging:
             if spec.get("wheel_build"):
@@ -100,13 +100,13 @@ class PipInstaller(Installer):
         if offline is not None:
             if not offline.holds_install(spec.key):
                 raise bundle.missing_build(spec.key, spec.backend, spec.variant)
-            ensure_dir(target, ledger, f"install:{spec.key}")
+            ensure_dir(target, ledger, stepids.install(spec.key))
             private_dir(target)
             member = offline.install_files(spec.key)[0]
             report.line(f"  {spec.get('package')} ({spec.variant}, {spec.get('cpu_level')}) from {offline.path.name}")
             return offline.extract_verified(member, target / member.rsplit("/", 1)[-1])
         if "FARMHAND_WHEELHOUSE" not in os.environ:
-            ensure_dir(target, ledger, f"install:{spec.key}")
+            ensure_dir(target, ledger, stepids.install(spec.key))
         private_dir(target)
         env = os.environ | _temp_env(paths) | dict(spec.get("build_env", {}))
         if spec.get("jobs_env"):
