@@ -197,6 +197,13 @@ class PortArg(click.ParamType):
         return (name or None, port)
 
 
+def _check_fetch_env() -> None:
+    """A junk FARMHAND_FETCH_* is said up front, naming the variable, by the commands that fetch."""
+    from .fetcher import Policy
+
+    Policy.from_env()
+
+
 def _port_args(given) -> dict:
     """--port values by runtime (None: the default role's); one runtime given two is refused."""
     out: dict = {}
@@ -349,6 +356,7 @@ def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles
 def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, yes, no_wait, facts_file,
           replay, bundle_file):
     """Converge this host to the plan: install, fetch, configure, start. Idempotent."""
+    _check_fetch_env()
     import time
 
     from . import bundle
@@ -512,9 +520,13 @@ def _print_status(body: dict) -> None:
 
 def status_body(paths) -> dict:
     """The supervisor's view (or the specs when it is down) plus every role, local and remote."""
-    from . import client, statefiles
+    from . import endpoint, statefiles
 
-    body = client.health(paths)
+    body = endpoint.health(paths)  # the common case: a record read and one request
+    if body is None:
+        from . import client
+
+        body = client.health(paths)  # a damaged or lost record: the supervisor found by its lock
     if body is None:
         specs = statefiles.read_specs_or_none(paths)
         record = client.supervisor_record(paths)  # alive, but not answering: stopped or hung
@@ -617,6 +629,7 @@ def _size(n) -> str:
 @click.pass_context
 def models_pull(ctx, source, sha, name, filename, as_json, no_wait):
     """Fetch SOURCE (pip://, hf://, https://, http://, file://) into the store, verified."""
+    _check_fetch_env()
     import time
 
     from . import sources, store
@@ -847,6 +860,7 @@ def bundle():
 @click.pass_context
 def bundle_create(ctx, out, profile, overrides, replay, facts_file, cpu_level, as_json, no_wait):
     """Write one archive with farmhand, its wheels, the built backend and the models for a target."""
+    _check_fetch_env()
     from . import bundle_create
     from .progress import Reporter
 
@@ -978,9 +992,6 @@ def _main(argv: list[str], debug: bool) -> None:
         sys.exit(code)
 
     try:
-        from .fetcher import Policy
-
-        Policy.from_env()  # a junk FARMHAND_FETCH_* is said up front, naming the variable
         cli(args=argv, standalone_mode=False)
         memo.flush()
     except FarmhandError as exc:

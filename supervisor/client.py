@@ -7,7 +7,6 @@ returns once every runtime is ready or one has failed. `down` signals the record
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -18,11 +17,11 @@ from pathlib import Path
 
 import psutil
 
-from . import ports, process, statefiles
+from . import endpoint, ports, process, statefiles
 from .errors import EXIT_CONFLICT, Conflict, FarmhandError
 from .lock import holders, is_held
 from .paths import Paths, private_dir
-from .ports import LOOPBACK, client_host
+from .ports import LOOPBACK
 from .process import identity_of, is_alive
 from .statefiles import SupervisorRecord
 
@@ -73,18 +72,12 @@ def supervisor_record(paths: Paths) -> dict | None:
 
 
 def health(paths: Paths, timeout: float = 2.0) -> dict | None:
+    """/health of this home's supervisor: by its record (endpoint.py), else found by its lock."""
+    body = endpoint.health(paths, timeout)
+    if body is not None:
+        return body
     found = locate(paths)
-    if found is None or not found.port:
-        return None
-    conn = http.client.HTTPConnection(client_host(found.host), found.port, timeout=timeout)
-    try:
-        conn.request("GET", "/health")
-        body = json.loads(conn.getresponse().read())
-        return body if body.get("supervisor", {}).get("pid") == found.ident.pid else None
-    except (OSError, http.client.HTTPException, ValueError, AttributeError):
-        return None
-    finally:
-        conn.close()
+    return endpoint.ask(found, timeout) if found is not None else None
 
 
 def up(paths: Paths, report, timeout: float | None = None) -> dict:

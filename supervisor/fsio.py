@@ -4,7 +4,6 @@ made, and fingerprints that tell a verified file from one changed since."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -18,11 +17,14 @@ class ResourceRecorder(Protocol):
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: readers never see half a file."""
+    """Write to a temp file beside `path` (owner-only, a fresh name), fsync, then rename: readers
+    never see half a file. An interrupted write leaves `.NAME.*.tmp`, which the next converging
+    command sweeps."""
     path = Path(path)
     private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()

@@ -16,49 +16,20 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import psutil
+
+from .identity import CREATE_TIME_SLACK, SESSION_ENV, Identity, new_session_token
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _prctl = _libc.prctl if _libc is not None else None
-SESSION_ENV = "FARMHAND_SESSION"  # the token every process of a farmhand-started session inherits
-CREATE_TIME_SLACK = 0.05  # psutil's create_time is derived from clock ticks: equal within this
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who a recorded process is: a pid alone names whoever holds that number now.
-    `exe` and `token` are empty in records written before they existed: such a leader is
-    matched on pid + create_time alone, and such a session's members only while it lives."""
-
-    pid: int
-    create_time: float
-    sid: int
-    exe: str = ""
-    token: str = ""
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> Identity:
-        """From a record on disk; ValueError (or TypeError, KeyError) when it has not that shape."""
-        return cls(int(data["pid"]), float(data["create_time"]), int(data.get("sid", data["pid"])),
-                   str(data.get("exe") or ""), str(data.get("token") or ""))
-
-
-def new_session_token() -> str:
-    return secrets.token_hex(16)
-
-
 def _exe(proc: psutil.Process) -> str:
     try:
         return proc.exe()

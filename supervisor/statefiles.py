@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .errors import BadInput
 from .fsio import atomic_write
+from .identity import Identity
 from .paths import Paths
-from .process import Identity
 from .specs import SupervisorSpec
 
 
