@@ -28,7 +28,7 @@ from .notify import sd_notify
 from .paths import Paths
 from .refs import ENV_REF
 from .runlog import RotatingLog
-from .specs import RuntimeSpec, SupervisorSpec
+from .specs import RuntimeSpec, SupervisorSpec, inherited_env
 from .states import RUNNING, State, next_state
 
 FIRST_PROBE_DELAY = 0.002
@@ -299,7 +299,7 @@ class Supervisor:
                 self._notify()
                 return
             try:
-                env = {**os.environ, **{k: expand_env(v, os.environ) for k, v in rt.spec.env}}
+                env = {**inherited_env(os.environ), **{k: expand_env(v, os.environ) for k, v in rt.spec.env}}
                 argv = [expand_env(a, os.environ) for a in rt.spec.argv]
             except MissingSecret as missing:
                 rt.last_error = (f"{missing.var} is not set (or empty): refusing to start {rt.name} without its "

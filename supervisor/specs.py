@@ -97,3 +97,21 @@ class SupervisorSpec:
         sup = data.get("supervisor") or {}
         return cls(tuple(RuntimeSpec.from_json(r) for r in data.get("runtimes") or ()),
                    sup.get("host", LOOPBACK), int(sup.get("port", 0)))
+
+
+# What a runtime inherits from the supervisor's environment: what a process needs to run, find
+# its libraries and GPUs, and reach a proxy. Nothing else (HF_TOKEN, a cloud key, the caller's
+# other secrets) unless the runtime declares it: env: {HF_TOKEN: "${env:HF_TOKEN}"}.
+INHERITED_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR",
+    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "FARMHAND_HOME", "FARMHAND_SYSTEM",  # which home a process belongs to (status, tests, ps)
+})
+INHERITED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "GPU_", "VK_", "OMP_", "MKL_",
+                      "OPENBLAS_", "GGML_")
+
+
+def inherited_env(environ: dict[str, str]) -> dict[str, str]:
+    """The part of `environ` every runtime gets (INHERITED_ENV); its declared env goes on top."""
+    return {k: v for k, v in environ.items() if k in INHERITED_ENV or k.startswith(INHERITED_PREFIXES)}

@@ -497,3 +497,18 @@ def test_a_driver_library_mismatch_is_named_with_its_fix():
     (gpu,) = facts["gpus"]
     holds, why = profiles._rule_gpu_driver(True, facts, {"gpu_vendor": ["nvidia"]})
     assert not holds and why == "GPU present, driver/library version mismatch (reboot or reinstall the driver)", why
+
+
+def test_a_runtime_inherits_only_what_it_needs_and_what_it_declares(farmhand):
+    """The caller's keys (HF_TOKEN, a cloud key) never reach a runtime that did not declare them."""
+    port = free_port()
+    spec = fake_spec("svc", port)
+    spec["env"] = {"DECLARED_KEY": "${env:FH_DECLARED}"}
+    farmhand.write_specs([spec])
+    farmhand.run("up", check=True, env={"HF_TOKEN": "hf_secret", "OPENAI_API_KEY": "sk-secret",
+                                        "FH_DECLARED": "mine", "LC_ALL": "C.UTF-8"})
+    (runtime,) = [p for p in home_processes(farmhand.home) if f"--port {port}" in " ".join(p.cmdline())]
+    env = runtime.environ()
+    assert "HF_TOKEN" not in env and "OPENAI_API_KEY" not in env and "FH_DECLARED" not in env, sorted(env)
+    assert env["DECLARED_KEY"] == "mine" and env["LC_ALL"] == "C.UTF-8" and "PATH" in env
+    assert env.get("FARMHAND_SESSION") and env["FARMHAND_HOME"] == str(farmhand.home)
