@@ -399,6 +399,7 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
             report.close()
     else:
         results = [{"id": s.id, "changed": False, "detail": st.detail} for s, st in statuses]
+        planmod.record_choices(built, context)  # nothing to do, but what was chosen is kept
     summary = _apply_summary(built, ledger, results, project, round(time.monotonic() - t0, 3))
     _emit(summary, as_json, _print_apply)
 

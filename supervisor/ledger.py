@@ -66,7 +66,8 @@ class Ledger:
             except json.JSONDecodeError:
                 pass
 
-    SHAPE = {"resources": list, "artifacts": dict, "selection": dict, "ports": dict, "projects": dict,
+    SHAPE = {"resources": list, "artifacts": dict, "selection": dict, "ports": dict, "asked_ports": dict,
+             "projects": dict,
              "helpers": list, "runtimes": dict, "version": int}
     RECOVER = ("`farmhand down` and `farmhand destroy` still stop what they find by identity; to start over, move it "
                "aside (mv {path} {path}.damaged) and run `farmhand apply`, which re-verifies what is on disk")
@@ -174,8 +175,14 @@ class Ledger:
     def ports(self) -> dict[str, int]:
         return dict(self.data.get("ports") or {})
 
-    def set_ports(self, ports: dict[str, int]) -> None:
+    def set_ports(self, ports: dict[str, int], asked: dict[str, str] | None = None) -> None:
+        """The port each runtime got, and the ones a --port chose (those stay explicit)."""
         self.data["ports"] = dict(ports)
+        self.data["asked_ports"] = dict(asked or {})
+
+    def asked_ports(self) -> dict[str, str]:
+        asked = self.data.get("asked_ports")
+        return dict(asked) if isinstance(asked, dict) else {}
 
     def save(self) -> None:
         with self._lock:

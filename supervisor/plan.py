@@ -61,6 +61,7 @@ class Plan:
     entries: list[dict]
     launcher: steps.LauncherStep
     steps: list[steps.Step] = field(default_factory=list)
+    asked_ports: dict[str, str] = field(default_factory=dict)  # runtime -> the --port that chose it
 
     @property
     def warnings(self) -> list[str]:
@@ -337,14 +338,14 @@ def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profi
         tried = ", ".join(m.profile["name"] for m in order)
         raise PlanRefused(f"{first_refusal} (tried {tried})" if len(order) > 1 else str(first_refusal))
     return _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl, selection, port_args or {},
-                    live, oracle)
+                    live, oracle, {} if reselect else ledger.asked_ports())
 
 
 def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl, selection, port_args, live,
-             oracle) -> Plan:
+             oracle, asked_before: dict[str, str]) -> Plan:
     profile = match.profile
     sup = profile.get("supervisor") or {}
-    requests, port_sources = _port_requests(decl, selection, port_args, sup)
+    requests, port_sources, asked = _port_requests(decl, selection, port_args, sup, asked_before, ledger.ports())
     assigned = ports.assign(requests, ledger.ports(), portowners.PortCheck(paths) if live else (lambda port: True))
     for rt in selection.runtimes.values():
         if rt.external:
@@ -391,7 +392,8 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
                                         after=("spec:runtimes.json", "config:llamafarm.yaml")))
     plan_steps += _store_steps(selection)
     plan_steps.append(steps.PruneStep({s.id for s in installs.values()}, after=(stepids.RUNTIME_UP,)))
-    return Plan(profile, match, matches, fallbacks, decl, selection, assigned, renderer, entries, launcher, plan_steps)
+    return Plan(profile, match, matches, fallbacks, decl, selection, assigned, renderer, entries, launcher, plan_steps,
+                asked)
 
 
 def _store_steps(selection: Selection) -> list[steps.Step]:
@@ -411,10 +413,12 @@ def _store_steps(selection: Selection) -> list[steps.Step]:
     return out
 
 
-def _port_requests(decl: DeploymentDecl, selection: Selection, port_args: dict, sup: dict):
+def _port_requests(decl: DeploymentDecl, selection: Selection, port_args: dict, sup: dict,
+                   asked_before: dict[str, str], recorded: dict[str, int]):
     """One PortRequest per runtime in use and one for the supervisor, with where each explicit
-    port came from (for messages)."""
-    requests, sources_ = [], {}
+    port came from (for messages), and the runtimes whose port a --port chose. A port a user chose
+    with --port stays their choice on later applies (held by a stranger: exit 3, never moved)."""
+    requests, sources_, asked = [], {}, {}
     default_runtime = selection.binding(selection.default_role).runtime
     unknown = [n for n in port_args if n is not None and n not in selection.runtimes]
     if unknown:
@@ -430,14 +434,18 @@ def _port_requests(decl: DeploymentDecl, selection: Selection, port_args: dict, 
             explicit, source = port_args[rt.name], f"--port {rt.name}="
         elif rt.name == default_runtime and None in port_args:
             explicit, source = port_args[None], "--port"
+        elif explicit is None and rt.name in asked_before and recorded.get(rt.name):
+            explicit, source = recorded[rt.name], f"an earlier {asked_before[rt.name]} (recorded; --reselect forgets it)"
         requests.append(ports.PortRequest(rt.name, rt.backend.default_port, explicit, source))
         if explicit is not None:
             sources_[rt.name] = source
+        if explicit and source.startswith(("--port", "an earlier --port")):
+            asked[rt.name] = asked_before.get(rt.name, source) if source.startswith("an earlier") else source
     sup_port = sup.get("port")
     requests.append(ports.PortRequest(ports.SUPERVISOR, ports.SUPERVISOR_DEFAULT_PORT, sup_port, "supervisor.port"))
     if sup_port:
         sources_[ports.SUPERVISOR] = "supervisor.port"
-    return requests, sources_
+    return requests, sources_, asked
 
 
 def llamafarm_entries(selection: Selection) -> list[dict]:
@@ -525,9 +533,23 @@ def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
                     pass  # the step's own error (a full disk, say) is the one to report
                 raise error
             ctx.ledger.save()
+    record_choices(plan, ctx)
+    return results
+
+
+def record_choices(plan: Plan, ctx: steps.Context) -> bool:
+    """Keep what this plan chose (roles' models, runtimes farmhand runs or uses, ports and the
+    ones a --port chose) so a re-run keeps them; saved only when they differ. Called by every
+    apply, a no-op one too: a port asked for by a run killed after its runtime came up is
+    recorded by the re-run that finds everything in place."""
+    before = (ctx.ledger.data.get("selection"), ctx.ledger.data.get("runtimes"), ctx.ledger.ports(),
+              ctx.ledger.asked_ports())
     ctx.ledger.pin_roles(plan.profile["name"], plan.selection.pins())
     ctx.ledger.set_runtime_records({rt.name: {"external": rt.external.url} if rt.external else {"managed": True}
                                     for rt in plan.selection.runtimes.values()})
-    ctx.ledger.set_ports(plan.ports)
-    ctx.ledger.save()
-    return results
+    ctx.ledger.set_ports(plan.ports, plan.asked_ports)
+    after = (ctx.ledger.data.get("selection"), ctx.ledger.data.get("runtimes"), ctx.ledger.ports(),
+             ctx.ledger.asked_ports())
+    if after != before:
+        ctx.ledger.save()
+    return after != before

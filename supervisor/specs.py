@@ -104,7 +104,7 @@ class SupervisorSpec:
 # other secrets) unless the runtime declares it: env: {HF_TOKEN: "${env:HF_TOKEN}"}.
 INHERITED_ENV = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR",
-    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "FARMHAND_HOME", "FARMHAND_SYSTEM",  # which home a process belongs to (status, tests, ps)
 })

@@ -15,6 +15,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -512,3 +513,43 @@ def test_a_runtime_inherits_only_what_it_needs_and_what_it_declares(farmhand):
     assert "HF_TOKEN" not in env and "OPENAI_API_KEY" not in env and "FH_DECLARED" not in env, sorted(env)
     assert env["DECLARED_KEY"] == "mine" and env["LC_ALL"] == "C.UTF-8" and "PATH" in env
     assert env.get("FARMHAND_SESSION") and env["FARMHAND_HOME"] == str(farmhand.home)
+
+
+@pytest.mark.e2e
+def test_a_port_chosen_with_port_stays_and_a_stranger_on_it_stops_apply(farmhand, llama_server_binary, gemma_gguf,
+                                                                      tmp_path):
+    """Ports never move silently: a --port is recorded even when the run that asked for it died
+    after its runtime came up (the re-run finds nothing to do and records it), later plain applies
+    keep it, and a stranger on it stops apply with exit 3 naming the holder, as README says."""
+    overrides = tmp_path / "o.json"
+    overrides.write_text(json.dumps({"supervisor": {"port": 0}, "deployment": {"runtimes": {"llama-server": {
+        "install": {"method": "path"}}}}, "models": {"gemma3-270m": {"sources": [f"file://{gemma_gguf}"]}}}))
+    env = {"PATH": f"{llama_server_binary.parent}{os.pathsep}{os.environ['PATH']}"}
+    port = free_port()
+    args = ["apply", "--yes", "--profile", "cpu-small", "--overrides", str(overrides)]
+    farmhand.json(*args, "--port", str(port), env=env)
+    ledger_file = farmhand.home / "state" / "ledger.json"
+    ledger = json.loads(ledger_file.read_text())
+    ledger.pop("ports", None), ledger.pop("asked_ports", None)  # as if killed after the runtime came up
+    ledger_file.write_text(json.dumps(ledger))
+    again = farmhand.json(*args, "--port", str(port), env=env)
+    assert not again["changed"]
+    assert json.loads(ledger_file.read_text()).get("ports", {}).get("llama-server") == port  # recorded all the same
+    config = (farmhand.project / "llamafarm.yaml").read_text()
+    plain = farmhand.json(*args, env=env)
+    assert not plain["changed"] and plain["url"] == f"http://127.0.0.1:{port}/v1", plain["url"]
+    assert (farmhand.project / "llamafarm.yaml").read_text() == config
+    farmhand.run("down", check=True, env=env)
+    stranger = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), what="the stranger to listen")
+        proc = farmhand.run(*args, env=env)
+        assert proc.returncode == 3, proc.stderr
+        assert f"port {port}" in proc.stderr and f"pid {stranger.pid}" in proc.stderr and "--port" in proc.stderr
+        assert (farmhand.project / "llamafarm.yaml").read_text() == config  # nothing moved
+        assert stranger.poll() is None  # and never killed
+    finally:
+        stranger.terminate()
+        stranger.wait(10)
+    farmhand.run("destroy", "--yes", env=env)

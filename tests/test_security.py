@@ -39,8 +39,8 @@ def deployed(llama_server_binary, gemma_gguf):
         "supervisor": {"port": 0},
         "deployment": {"runtimes": {"llama-server": {"install": {"method": "path"}, "api_key_env": "FH_SECRET_KEY"}}},
         "models": {"gemma3-270m": {"sources": [f"file://{gemma_gguf}"]}}}))
-    summary = fh.json("apply", "--yes", "--profile", "cpu-small", "--overrides", str(overrides))
-    try:
+    try:  # a failed apply may have started the supervisor: the teardown runs whatever happened
+        summary = fh.json("apply", "--yes", "--profile", "cpu-small", "--overrides", str(overrides))
         yield fh, key, summary
     finally:
         fh.run("destroy", "--yes", "--purge-models")
