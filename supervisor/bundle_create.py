@@ -82,7 +82,6 @@ def dependency_wheels(dest: Path, report, ledger=None) -> list[Path]:
 def create(out: Path, paths, ledger, built, facts: dict, report, overrides: dict | None) -> dict:
     """Write the bundle for plan `built` (made for `facts`, this host's or a recorded one's) to `out`."""
 
-
     level_wanted = (facts.get("build") or {}).get("cpu_level")
     ctx = Context(paths, ledger, report, Path.cwd())
     installs: dict[str, dict] = {}

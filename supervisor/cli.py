@@ -103,6 +103,9 @@ def gather_facts(paths, replay: str | None = None, record: str | None = None, fa
         wrong = [k for k, t in shape.items() if not isinstance(facts, dict) or not isinstance(facts.get(k), t)]
         if wrong:
             raise FarmhandError(f"{facts_file}:1: not a `farmhand detect --json` snapshot (no {', '.join(wrong)})", 2)
+        from . import yamlio
+
+        yamlio.validate(facts, "facts", f"{facts_file} (a `farmhand detect --json` snapshot)")  # inner types
         return facts
     host = hostio.ReplayHost(Path(replay)) if replay else hostio.RecordingHost(Path(record)) if record else hostio.LiveHost()
     facts = probes.gather(host, disk_path=str(paths.data))

@@ -120,7 +120,6 @@ def undeploy(paths: Paths, ledger) -> list[str]:
 def main() -> int:
     import json
 
-
     paths = resolve(system=os.environ.get("FARMHAND_SYSTEM") == "1")
     as_json = "--json" in sys.argv[1:]
     try:

@@ -123,7 +123,6 @@ class HomeLock:
         import json
         import time
 
-
         self.created_dirs = list(reversed(private_dir(self.path.parent)))  # innermost first, for removal
         told = False
         while True:

@@ -291,7 +291,6 @@ def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> 
         if scheme == "hf":
             from huggingface_hub.utils import build_hf_headers
 
-
             headers = build_hf_headers(token=hf.token())  # requests drops it on a redirect to the CDN
         key = memo.digest("url", url)
         data = memo.lookup("gguf", key)

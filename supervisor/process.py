@@ -6,8 +6,8 @@ own session, so one killpg reaches everything it forked, but only while the lead
 verified: a session id outlives its leader and, once the whole session is gone, may be handed to
 a stranger's new session. Members of a session whose leader is gone are farmhand's only when
 they carry the session's token in their environment (FARMHAND_SESSION, inherited through fork
-and exec), which a stranger's session does not. On Linux children get PR_SET_PDEATHSIG (they die with the
-supervisor) and the supervisor is a child subreaper (orphaned grandchildren come back to it);
+and exec), which a stranger's session does not. On Linux children get PR_SET_PDEATHSIG (they die
+with the supervisor) and the supervisor is a child subreaper (orphaned grandchildren come back to it);
 what survives a SIGKILLed supervisor anyway (a grandchild, which PDEATHSIG does not cover) is
 found by its session id on the next start and reaped.
 """
@@ -30,6 +30,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 _prctl = _libc.prctl if _libc is not None else None
+
+
 def _exe(proc: psutil.Process) -> str:
     try:
         return proc.exe()
@@ -69,15 +71,27 @@ def signal_process(ident: Identity, sig: int) -> bool:
 
 
 def wait_gone(ident: Identity, timeout: float) -> bool:
-    """Wait (polling, growing from 1 ms to 10 ms) until the recorded process is gone."""
+    """Wait (polling, growing from 1 ms to 10 ms) until the recorded process is gone. The
+    identity is checked once; then one psutil handle is polled (is_running compares the start
+    time, so a reused pid reads as gone)."""
+    if not is_alive(ident):
+        return True
+    try:
+        proc = psutil.Process(ident.pid)
+    except psutil.Error:
+        return True
     deadline = time.monotonic() + timeout
     delay = 0.001
-    while is_alive(ident):
+    while True:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)
         delay = min(delay * 1.5, 0.01)
-    return True
 
 
 def _carries_token(proc: psutil.Process, token: str) -> bool:

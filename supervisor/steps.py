@@ -463,7 +463,6 @@ class RuntimeStep(Step):
 
     def preflight(self, ctx: Context) -> None:
 
-
         spec = self.spec_of()
         for runtime in spec.runtimes:
             for _name, value in runtime.env:

@@ -15,6 +15,8 @@ from checks import assert_real_gemma_answers, files_under, listening_ports
 from conftest import free_port, home_processes
 
 pytestmark = pytest.mark.e2e
+
+
 def test_apply_serves_the_real_model_and_destroy_leaves_nothing(farmhand, llama_wheel, tmp_path):
     port = free_port()
     overrides = tmp_path / "overrides.yaml"
@@ -28,6 +30,10 @@ def test_apply_serves_the_real_model_and_destroy_leaves_nothing(farmhand, llama_
     assert runtime["backend"] == "llama-server" and runtime["version"].startswith("0.6.0")
     assert summary["model"] == "gemma3-270m"
     assert summary["url"] == f"http://127.0.0.1:{port}/v1"
+    # owner-only: the backend's venv (venv makes it 0755) and the built wheel it came from
+    venvs = list((farmhand.home / "data" / "backends").glob("*/*/venv"))
+    assert venvs and all(v.stat().st_mode & 0o077 == 0 for v in venvs), [oct(v.stat().st_mode) for v in venvs]
+    assert llama_wheel.stat().st_mode & 0o077 == 0, oct(llama_wheel.stat().st_mode)
 
     # Real answers from the real model, in its own chat format.
     assert_real_gemma_answers(summary["url"], "gemma3-270m")

@@ -423,6 +423,10 @@ def test_bad_input_gets_one_line_and_its_exit_code(farmhand, tmp_path, capsys):
     latin = tmp_path / "latin1.yaml"
     latin.write_bytes("models: {caf\xe9: null}\n".encode("latin-1"))
     gguf = "file:///nonexistent.gguf"
+    facts = json.loads(farmhand.run("detect", "--json", check=True).stdout)
+    facts["memory"]["total_bytes"] = "lots"
+    bad_facts = tmp_path / "facts.json"
+    bad_facts.write_text(json.dumps(facts))
     path_args = tmp_path / "path-args.yaml"
     path_args.write_text("deployment: {runtimes: {llama-server: {args: [--log-file=/etc/cron.d/x]}}}\n")
     cases = [  # (what, argv, extra env, exit code, words the line must hold)
@@ -440,6 +444,8 @@ def test_bad_input_gets_one_line_and_its_exit_code(farmhand, tmp_path, capsys):
         ("FARMHAND_HOME=/", ["plan", "--profile", "cpu-small"], {"FARMHAND_HOME": "/"}, 2, "FARMHAND_HOME=/"),
         ("one runtime, two ports", ["plan", "--profile", "cpu-small", "--port", "12001", "--port", "12002"], {}, 2,
          "12001 and 12002"),
+        ("--facts with a wrong inner type", ["plan", "--facts", str(bad_facts)], {}, 2,
+         "memory.total_bytes: 'lots' is not of type"),
         ("args naming a path", ["plan", "--profile", "cpu-small", "--overrides", str(path_args)], {}, 2,
          "--log-file is set by farmhand"),
         ("overrides that are not UTF-8", ["plan", "--profile", "cpu-small", "--overrides", str(latin)], {}, 2,
@@ -553,3 +559,78 @@ def test_a_port_chosen_with_port_stays_and_a_stranger_on_it_stops_apply(farmhand
         stranger.terminate()
         stranger.wait(10)
     farmhand.run("destroy", "--yes", env=env)
+
+
+def test_a_stranger_on_the_supervisors_port_is_a_conflict_and_files_are_owner_only(farmhand, stranger):
+    port, proc = stranger
+    farmhand.write_specs([fake_spec("svc", free_port())], supervisor_port=port)
+    up = farmhand.run("up")
+    err = [line for line in up.stderr.splitlines() if line.startswith("farmhand: error:")]
+    assert up.returncode == 3 and err, up.stderr  # README: a port held by someone else is exit 3
+    assert f"held by pid {proc.pid}" in up.stderr and proc.poll() is None  # named, never killed
+    farmhand.write_specs([fake_spec("svc", free_port())])
+    farmhand.run("up", check=True)
+    log = farmhand.home / "state" / "logs" / "supervisor.log"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600, oct(log.stat().st_mode)
+
+
+def test_a_changed_or_linked_bundle_member_is_a_verification_failure(tmp_path):
+    """Exit 4 as README says, for a member whose bytes changed and for one that is a link."""
+    import io
+    import tarfile
+
+    from supervisor import bundle
+    from supervisor.errors import EXIT_VERIFY, FarmhandError
+
+    data = b"wheel bytes"
+    tar_path = tmp_path / "b.tar"
+    manifest = {"format": bundle.FORMAT, "members": {f"{bundle.ROOT}/wheels/x.whl": "0" * 64}}
+    with tarfile.open(tar_path, "w") as tar:
+        for name, payload in ((bundle.MANIFEST, json.dumps(manifest).encode()), (f"{bundle.ROOT}/wheels/x.whl", data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+        link = tarfile.TarInfo(f"{bundle.ROOT}/models/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+        tar.addfile(link)
+    reader = bundle.Bundle.__new__(bundle.Bundle)
+    reader.path, reader._tar = tar_path, tarfile.open(tar_path)
+    reader.manifest = type("M", (), {"members": manifest["members"]})()
+    for member, words in ((f"{bundle.ROOT}/wheels/x.whl", "has sha256"), (f"{bundle.ROOT}/models/link",
+                                                                         "not a regular file")):
+        with pytest.raises(FarmhandError) as caught:
+            reader.extract_verified(member, tmp_path / "out")
+        assert caught.value.exit_code == EXIT_VERIFY and words in str(caught.value), str(caught.value)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_bootstrap_shows_pips_chatter_only_when_pip_failed(tmp_path, monkeypatch, capfd, code):
+    """The first screen a new user sees is farmhand's: pip's warnings about this machine's index
+    configuration appear only when the install failed (or with --debug)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bootstrap_under_test", REPO / "bootstrap.py")
+    boot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(boot)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    pip = venv / "bin" / "python"  # stands in for the venv's pip: prints what pip printed here
+    pip.write_text(f"#!/bin/sh\necho \"WARNING: Location 'file:///opt/pypi-more/simple/x/' is ignored\"\nexit {code}\n")
+    pip.chmod(0o755)
+    monkeypatch.setattr(boot, "VENV", str(venv))
+    monkeypatch.setattr(boot, "STAMP", str(venv / ".stamp"))
+    monkeypatch.setattr(sys, "argv", ["bootstrap.py"])
+    monkeypatch.delenv("FARMHAND_DEBUG", raising=False)
+    if code == 0:
+        boot.ensure_venv("fp")
+    else:
+        with pytest.raises(SystemExit) as exited:
+            boot.ensure_venv("fp")
+        assert exited.value.code == 6
+    seen = capfd.readouterr()
+    screen = seen.out + seen.err
+    assert ("WARNING: Location" in screen) is (code != 0), screen
+    assert "bootstrap: installing farmhand" in seen.err

@@ -533,7 +533,6 @@ def test_fake_is_stdlib_only():
     assert imports <= set(sys.stdlib_module_names) | {"__future__"}, imports - set(sys.stdlib_module_names)
 
 
-
 @pytest.mark.e2e
 def test_an_ollama_bundle_installs_with_nothing_fetched(farmhand, llama_server_binary, gemma_gguf, mirror, tmp_path):
     """bundle create carries Ollama's release archive (digest from its sha256sum.txt) and the GGUF;

@@ -99,6 +99,8 @@ def gpu_build_flags(variant: str, facts: dict) -> tuple[list[str], str | None]:
         joined = ";".join(targets)
         return [f"-DAMDGPU_TARGETS={joined}", f"-DGPU_TARGETS={joined}"], None
     return [], None
+
+
 # llama.cpp built-in chat templates (`llama-server --help`) by GGUF general.architecture.
 ARCH_TEMPLATES = {
     "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3n": "gemma",
