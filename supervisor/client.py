@@ -56,7 +56,8 @@ def locate(paths: Paths) -> SupervisorRecord | None:
         if ident is None or pid == os.getpid():
             continue
         try:
-            if psutil.Process(pid).cmdline()[-2:] != ["supervisor", "run"]:
+            cmd = psutil.Process(pid).cmdline()
+            if not cmd or cmd[-1] != "run" or "supervisor" not in cmd:  # `-m supervisor [--system] run`
                 continue
         except psutil.Error:
             continue
