@@ -7,7 +7,6 @@ returns once every runtime is ready or one has failed. `down` signals the record
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,13 +23,6 @@ from .paths import Paths, private_dir
 from .ports import LOOPBACK
 from .process import identity_of, is_alive
 from .statefiles import SupervisorRecord
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
 
 
 def _listening_port(pid: int) -> tuple[str, int] | None:
