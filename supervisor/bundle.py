@@ -12,7 +12,7 @@ rooted at `farmhand-bundle/`:
 
 What it was built for is checked before anything is installed: the CPU level its builds assume
 (cpulevel: never -march=native), the architecture, the GPU variant, the Python its wheels are
-for. While a bundle is active (`apply --bundle`) it answers for the store and the installers:
+for. The bundle an `apply --bundle` installs from is handed to the store and the installers:
 models are copied out of it (hashed in the same pass), built wheels are taken from it, and a
 missing build is an error, never a compile.
 """
@@ -26,13 +26,9 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import cpulevel
 from .errors import BadInput, EnvironmentProblem, FarmhandError, VerificationFailed
-
-if TYPE_CHECKING:
-    pass
 
 FORMAT = 1
 ROOT = "farmhand-bundle"
@@ -203,24 +199,10 @@ class _MemberReader(io.RawIOBase):
         super().close()
 
 
-_active: Bundle | None = None
-
-
-def activate(bundle: Bundle | None) -> None:
-    """The bundle this command installs from (apply --bundle); None: the network, as usual."""
-    global _active
-    _active = bundle
-
-
-def active() -> Bundle | None:
-    return _active
-
-
-def missing_build(key: str, backend: str, variant: str) -> EnvironmentProblem:
-    assert _active is not None
+def missing_build(offline: Bundle, key: str, backend: str, variant: str) -> EnvironmentProblem:
     held = ", ".join(f"{i['backend']} ({i['variant']}, {i.get('cpu_level') or '-'})"
-                     for i in _active.manifest.installs.values()) or "no backend build"
+                     for i in offline.manifest.installs.values()) or "no backend build"
     return EnvironmentProblem(
-        f"the plan needs {backend} ({variant}) as install {key}, and bundle {_active.path} holds {held}: "
+        f"the plan needs {backend} ({variant}) as install {key}, and bundle {offline.path} holds {held}: "
         "a bundle installs without building. Create a bundle for this host (farmhand bundle create OUT --replay "
         "<a `farmhand detect --record` of it>), or run without --bundle to build here")

@@ -12,9 +12,13 @@ cluster or a cloud.
 
 from __future__ import annotations
 
+import re
 import shlex
+import sys
 
 from . import __version__
+from .backends import get_backend
+from .errors import BadInput, Unsupported
 from .llamafarm import template_env
 
 SRC_DIR = "/opt/farmhand-src"
@@ -39,3 +43,38 @@ def kubernetes(*, runtimes: list[dict], supervisor_port: int, namespace: str, im
         runtimes=runtimes, supervisor_port=supervisor_port, namespace=namespace, image=image,
         label_key=key, label_value=value or "true", bundle_url=bundle_url, store=store, key_secret=key_secret,
         src=SRC_DIR, farmhand_version=__version__, gpu_resources=gpu_resources)
+
+
+GPU_RESOURCES = {"cuda": "nvidia.com/gpu", "rocm": "amd.com/gpu"}  # the device plugins' resource names
+
+
+def check_kubernetes_args(namespace: str, image: str, node_label: str) -> None:
+    """The names the manifests carry, checked before anything is planned: one line each."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace) or len(namespace) > 63:
+        raise BadInput(f"--namespace {namespace}: not a Kubernetes name (lowercase letters, digits, '-')")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@{}-]*", image):
+        raise BadInput(f"--image {image!r}: not an image reference (registry/name:tag or @sha256:...)")
+    if not re.fullmatch(r"([a-z0-9.-]+/)?[A-Za-z0-9][-A-Za-z0-9_.]*=[-A-Za-z0-9_.]*", node_label):
+        raise BadInput(f"--node-label {node_label}: expected KEY=VALUE, a Kubernetes label")
+
+
+def kubernetes_for_plan(plan: dict, *, namespace: str, image: str, node_label: str, bundle_url: str) -> str:
+    """Manifests for a plan's runtimes (`Plan.to_json()`): a Service per runtime farmhand runs. A
+    backend without an API key stays on loopback, where no Service reaches it: refused (exit 5)."""
+    runtimes = []
+    for rt in plan["runtimes"]:
+        if not rt["managed"]:
+            continue
+        dns = re.sub(r"[^a-z0-9-]", "-", rt["name"].lower()).strip("-")
+        keyed = get_backend(rt["backend"]).supports_api_key
+        runtimes.append({"name": rt["name"], "port": rt["port"], "service": dns[:54], "port_name": dns[:15].strip("-"),
+                         "key": keyed, "variant": rt.get("variant")})
+    unkeyed = [r["name"] for r in runtimes if not r["key"]]
+    if unkeyed:
+        raise Unsupported(f"runtime(s) {', '.join(unkeyed)}: their backend has no API key, so farmhand keeps them "
+                          "on loopback, and a Service could not reach them; choose a profile with llama-server or "
+                          "vLLM for Kubernetes")
+    resources = sorted({GPU_RESOURCES[r["variant"]] for r in runtimes if r["variant"] in GPU_RESOURCES})
+    return kubernetes(runtimes=runtimes, supervisor_port=plan["supervisor_port"], namespace=namespace,
+                      image=image.format(py=f"{sys.version_info[0]}.{sys.version_info[1]}"), node_label=node_label,
+                      bundle_url=bundle_url, gpu_resources=resources)

@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import (
-    bundle,
     declare,
     deployment,
     gguf,
@@ -35,17 +34,15 @@ from . import (
 )
 from .backends import Backend, get_backend
 from .backends.base import RunningServer
+from .bundle import Bundle
 from .deployment import DeploymentDecl, ModelSpec
 from .errors import EnvironmentProblem, FarmhandError
-from .fsio import FINGERPRINT, file_fingerprint
 from .ledger import Ledger
 from .paths import Paths
-from .policy import RestartPolicy
-from .ports import LOOPBACK
 from .refs import env_ref
-from .selection import Oracle, PlanRefused, Selection, select
+from .render import SpecRenderer
+from .selection import Oracle, PlanRefused, PortAsk, Selection, select
 from .sources import hf
-from .specs import RuntimeSpec, SupervisorSpec
 
 
 @dataclass
@@ -56,16 +53,15 @@ class Plan:
     fallbacks: list[str]
     decl: DeploymentDecl
     selection: Selection
-    ports: dict[str, int]
     renderer: SpecRenderer
     entries: list[dict]
     launcher: steps.LauncherStep
     steps: list[steps.Step] = field(default_factory=list)
-    asked_ports: dict[str, str] = field(default_factory=dict)  # runtime -> the --port that chose it
+    config_warnings: list[str] = field(default_factory=list)  # what the existing llamafarm.yaml refers to
 
     @property
     def warnings(self) -> list[str]:
-        return self.selection.warnings
+        return self.selection.warnings + self.config_warnings
 
     def to_json(self, statuses: list | None = None) -> dict:
         sel = self.selection
@@ -76,7 +72,7 @@ class Plan:
                         "why": self.match.summary(), "source": self.profile.get("_source")},
             "fell_back_from": self.fallbacks,
             "default_role": sel.default_role,
-            "roles": [_role_json(b, sel, self.ports) for b in sel.roles],
+            "roles": [_role_json(b, sel) for b in sel.roles],
             "dropped_roles": sel.dropped,
             "skipped": sel.skipped,
             "runtimes": [{
@@ -94,7 +90,7 @@ class Plan:
             } for rt in sel.runtimes.values()],
             "unused_runtimes": sel.unused_runtimes,
             "memory": sel.pool.summary(),
-            "supervisor_port": self.ports[ports.SUPERVISOR],
+            "supervisor_port": sel.supervisor_port,
             "warnings": self.warnings,
         }
         if statuses is not None:
@@ -112,7 +108,7 @@ def _external_notes(rt) -> list[str]:
             "pulls models through its API and never starts, stops, changes or removes it"]
 
 
-def _role_json(b, sel: Selection, port_map: dict[str, int]) -> dict:
+def _role_json(b, sel: Selection) -> dict:
     if b.remote:
         r = b.remote
         return {"role": b.role, "remote": r.name, "provider": r.provider, "model": r.model, "url": r.base_url,
@@ -123,67 +119,11 @@ def _role_json(b, sel: Selection, port_map: dict[str, int]) -> dict:
             "model_id": rt.backend.model_id(served), "url": rt.url, "managed": rt.managed, "note": b.note}
 
 
-class SpecRenderer:
-    """The supervisor's runtimes.json for a selection. Rendered when asked, because the argv
-    depends on GGUF headers (a chat template) of files that earlier steps may only now fetch."""
-
-    def __init__(self, selection: Selection, paths: Paths, supervisor_port: int, settings: dict, header):
-        self.selection, self.paths, self.supervisor_port = selection, paths, supervisor_port
-        self.settings, self.header = settings, header
-        self.notes: dict[str, list[str]] = {}
-
-    def render(self) -> SupervisorSpec:
-        out = []
-        restart = RestartPolicy.from_json({
-            k: v for k, v in (("max_failures", self.settings.get("max_failures")),
-                              ("window_s", self.settings.get("failure_window_s"))) if v})
-        for rt in self.selection.runtimes.values():
-            for served in rt.models:
-                if served.info is None:
-                    served.info = self.header(served.model)
-            if not rt.managed:
-                continue
-            binary = installers.get(rt.install.method).binary(rt.install, self.paths)
-            launch = rt.backend.launch(rt, str(binary), self.paths)
-            self.notes[rt.name] = list(launch.notes)
-            probe = rt.backend.readiness_probe(rt.port, rt.decl.host)
-            out.append(RuntimeSpec(
-                name=rt.name, backend=rt.backend.name, argv=tuple(launch.argv), env=tuple(sorted(launch.env.items())),
-                port=rt.port, base_url=rt.url, readiness_url=probe.url,
-                readiness_expect=probe.expect, stop_signal=rt.backend.stop_signal,
-                grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
-                start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),
-                restart=restart, liveness_interval_s=float(self.settings.get("liveness_interval_s", RuntimeSpec.liveness_interval_s)),
-                liveness_timeout_s=float(self.settings.get("liveness_timeout_s", RuntimeSpec.liveness_timeout_s)),
-                liveness_misses=int(self.settings.get("liveness_misses", RuntimeSpec.liveness_misses)), models=tuple(rt.backend.model_id(m) for m in rt.models),
-                devices=tuple(d.id for d in rt.devices),
-                # Files the process reads at start: a restart is due when one changes. A backend
-                # with its own store reads its models from there, through its API.
-                identity=_identity([binary] + [store.store_path(self.paths.models, m.model) for m in rt.models
-                                               if m.via_store and not rt.backend.own_store])))
-        return SupervisorSpec(tuple(out), LOOPBACK, self.supervisor_port)
-
-    def text(self) -> str:
-        return self.render().text()
-
-
-def _identity(files: list[Path]) -> str:
-    """A digest of the files' fingerprints (a missing file counts as missing)."""
-
-    prints = []
-    for path in files:
-        try:
-            fp = file_fingerprint(path)
-            prints.append([str(path)] + [fp[k] for k in FINGERPRINT])
-        except OSError:
-            prints.append([str(path), None])
-    return memo.digest(prints)[:16]
-
-
 def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True, live: bool = True,
-                reselect: bool = False, port_args: dict | None = None) -> Oracle:
-    """The world as a live plan sees it: the store, the sources, the installers, the servers
-    already running here (not for a runtime given a port of its own: that asks for farmhand's)."""
+                reselect: bool = False, port_args: dict | None = None, offline: Bundle | None = None) -> Oracle:
+    """The world as a live plan sees it: the store, the sources (or only `offline`, the bundle
+    being installed), the installers, the servers already running here (not for a runtime given
+    a port of its own: that asks for farmhand's)."""
     held: dict[str, dict[str, str]] = {}
 
     def in_server(backend: Backend, server: RunningServer) -> dict[str, str]:
@@ -199,7 +139,6 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
         file_based = [u for u in usable if sources.get(u).delivers_file(u)]
         if file_based and store.in_store(paths.models, model, ledger.artifact(stepids.model(model.name))):
             return True, "in store", "store"
-        offline = bundle.active()
         if offline is not None:  # installing from a bundle: what it holds, and no other source is asked
             if file_based and offline.model_member(model.sha256):
                 return True, f"in {offline.path.name}", file_based[0]  # store.fetch reads the bundle first
@@ -218,7 +157,7 @@ def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool =
 
     def install_problem(spec: installers.InstallSpec) -> str | None:
         backend = get_backend(spec.backend)
-        return installers.problem_of(spec, facts.get("tools")) or (
+        return installers.problem_of(spec, facts.get("tools"), offline) or (
             backend.pull_problem() if backend.own_store else None)
 
     def running(backend: Backend, decl: deployment.RuntimeDecl) -> RunningServer | None:
@@ -312,21 +251,25 @@ def _stat_key(path: Path) -> tuple:
 def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profile_name: str | None = None,
           overrides: dict | None = None, overrides_source: str = "overrides", port_args: dict | None = None,
           reselect: bool = False, profiles_dir: Path = profiles.PROFILES_DIR, live: bool = True,
-          oracle: Oracle | None = None) -> Plan:
+          oracle: Oracle | None = None, offline: Bundle | None = None) -> Plan:
     all_profiles = profiles.load_profiles(profiles_dir)
     order, matches = profiles.ranked(all_profiles, facts, profile_name)
     pinned_profile = (ledger.data.get("selection") or {}).get("profile")
     if not reselect and not profile_name:  # the last apply's profile first: stable, and no network
         order.sort(key=lambda m: m.profile["name"] != pinned_profile)
-    oracle = oracle or make_oracle(paths, ledger, facts, live=live, reselect=reselect, port_args=port_args)
+    oracle = oracle or make_oracle(paths, ledger, facts, live=live, reselect=reselect, port_args=port_args,
+                                   offline=offline)
     fallbacks: list[str] = []
     first_refusal: PlanRefused | None = None
     for match in order:
         profile = profiles.apply_overrides(match.profile, overrides, overrides_source)
         decl = declare.from_profile(profile, f"profile {profile['name']}")
-        sources.configure(sources.Mirrors.resolve(profile.get("mirrors")), hf_home=paths.hf_home)
+        sources.configure(sources.Mirrors.resolve(profile.get("mirrors")))
+        ask = PortAsk(port_args or {}, (profile.get("supervisor") or {}).get("port"),
+                      {} if reselect else ledger.asked_ports(), ledger.ports(),
+                      portowners.PortCheck(paths) if live else (lambda port: True))
         try:
-            selection = select(decl, facts, oracle, None if reselect else ledger.pinned_roles(profile["name"]))
+            selection = select(decl, facts, oracle, None if reselect else ledger.pinned_roles(profile["name"]), ask)
         except PlanRefused as refusal:
             first_refusal = first_refusal or refusal
             fallbacks.append(str(refusal))
@@ -336,25 +279,13 @@ def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profi
     else:
         tried = ", ".join(m.profile["name"] for m in order)
         raise PlanRefused(f"{first_refusal} (tried {tried})" if len(order) > 1 else str(first_refusal))
-    return _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl, selection, port_args or {},
-                    live, oracle, {} if reselect else ledger.asked_ports())
+    return _lay_out(paths, project_dir, match, matches, fallbacks, decl, selection, oracle)
 
 
-def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl, selection, port_args, live,
-             oracle, asked_before: dict[str, str]) -> Plan:
+def _lay_out(paths: Paths, project_dir: Path, match: profiles.Match, matches: list[profiles.Match],
+             fallbacks: list[str], decl: DeploymentDecl, selection: Selection, oracle: Oracle) -> Plan:
     profile = match.profile
-    sup = profile.get("supervisor") or {}
-    requests, port_sources, asked = _port_requests(decl, selection, port_args, sup, asked_before, ledger.ports())
-    assigned = ports.assign(requests, ledger.ports(), portowners.PortCheck(paths) if live else (lambda port: True))
-    for rt in selection.runtimes.values():
-        if rt.external:
-            assigned[rt.name] = rt.external.port
-        rt.port = assigned[rt.name]
-        if rt.decl.exposed:
-            selection.warnings.append(
-                f"runtime {rt.name} listens on {rt.decl.host}:{rt.port}: reachable from other machines, every "
-                f"request needs the key in ${rt.decl.api_key_env}")
-    renderer = SpecRenderer(selection, paths, assigned[ports.SUPERVISOR], sup, oracle.header)
+    renderer = SpecRenderer(selection, paths, profile.get("supervisor") or {}, oracle.header)
     entries = llamafarm_entries(selection)
 
     rendered = llamafarm.render(entries, selection.default_role, profile["name"], project_dir)
@@ -363,7 +294,7 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
         existing = llamafarm.load_existing(config_path)
     except deployment.BadInput:
         existing = None  # the config step's preflight names the problem with file and line
-    selection.warnings.extend(llamafarm.reference_warnings(entries, existing, config_path))
+    config_warnings = llamafarm.reference_warnings(entries, existing, config_path)
     launcher = steps.LauncherStep(paths)
     plan_steps: list[steps.Step] = [launcher]
     installs: dict[str, steps.InstallStep] = {}
@@ -387,15 +318,15 @@ def _lay_out(paths, facts, ledger, project_dir, match, matches, fallbacks, decl,
                                      _json(deployment_record(profile, selection, decl)), 0o600))
     plan_steps.append(steps.ConfigStep(rendered, [e["name"] for e in entries], selection.default_role,
                                        after=("spec:runtimes.json",)))
-    plan_steps.append(steps.RuntimeStep(renderer.render, port_sources,
+    plan_steps.append(steps.RuntimeStep(renderer.render, selection.port_sources,
                                         after=("spec:runtimes.json", "config:llamafarm.yaml")))
-    plan_steps += _store_steps(selection)
+    plan_steps += _store_steps(selection, renderer)
     plan_steps.append(steps.PruneStep({s.id for s in installs.values()}, after=(stepids.RUNTIME_UP,)))
-    return Plan(profile, match, matches, fallbacks, decl, selection, assigned, renderer, entries, launcher, plan_steps,
-                asked)
+    return Plan(profile, match, matches, fallbacks, decl, selection, renderer, entries, launcher, plan_steps,
+                config_warnings)
 
 
-def _store_steps(selection: Selection) -> list[steps.Step]:
+def _store_steps(selection: Selection, renderer: SpecRenderer) -> list[steps.Step]:
     """For backends with their own store: each model pulled or imported once the runtime answers,
     and the default model of a runtime farmhand runs loaded, so the first request does not wait."""
     out: list[steps.Step] = []
@@ -405,46 +336,12 @@ def _store_steps(selection: Selection) -> list[steps.Step]:
             continue
         for served in rt.models:
             is_default = rt.name == default.runtime and served.model.name == default.model
-            step = steps.StoreModelStep(rt, served, warm=is_default and not rt.managed)
+            step = steps.StoreModelStep(rt, served, lambda served=served: renderer.launch_model(served),
+                                        warm=is_default and not rt.managed)
             out.append(step)
             if is_default and rt.managed:
                 out.append(steps.LoadStep(rt, rt.backend.model_id(served), after=(step.id,)))
     return out
-
-
-def _port_requests(decl: DeploymentDecl, selection: Selection, port_args: dict, sup: dict,
-                   asked_before: dict[str, str], recorded: dict[str, int]):
-    """One PortRequest per runtime in use and one for the supervisor, with where each explicit
-    port came from (for messages), and the runtimes whose port a --port chose. A port a user chose
-    with --port stays their choice on later applies (held by a stranger: exit 3, never moved)."""
-    requests, sources_, asked = [], {}, {}
-    default_runtime = selection.binding(selection.default_role).runtime
-    unknown = [n for n in port_args if n is not None and n not in selection.runtimes]
-    if unknown:
-        raise deployment.BadInput(f"--port {unknown[0]}=...: no runtime {unknown[0]!r} in this plan; runtimes: "
-                                  f"{', '.join(selection.runtimes) or 'none'}")
-    if None in port_args and default_runtime is None:
-        raise deployment.BadInput("--port PORT: the default role is a remote model; name a runtime (--port NAME=PORT)")
-    for rt in selection.runtimes.values():
-        if rt.external:  # its port is the one it already listens on
-            continue
-        explicit, source = rt.decl.port, f"deployment.runtimes.{rt.name}.port"
-        if rt.name in port_args:
-            explicit, source = port_args[rt.name], f"--port {rt.name}="
-        elif rt.name == default_runtime and None in port_args:
-            explicit, source = port_args[None], "--port"
-        elif explicit is None and rt.name in asked_before and recorded.get(rt.name):
-            explicit, source = recorded[rt.name], f"an earlier {asked_before[rt.name]} (recorded; --reselect forgets it)"
-        requests.append(ports.PortRequest(rt.name, rt.backend.default_port, explicit, source))
-        if explicit is not None:
-            sources_[rt.name] = source
-        if explicit and source.startswith(("--port", "an earlier --port")):
-            asked[rt.name] = asked_before.get(rt.name, source) if source.startswith("an earlier") else source
-    sup_port = sup.get("port")
-    requests.append(ports.PortRequest(ports.SUPERVISOR, ports.SUPERVISOR_DEFAULT_PORT, sup_port, "supervisor.port"))
-    if sup_port:
-        sources_[ports.SUPERVISOR] = "supervisor.port"
-    return requests, sources_, asked
 
 
 def llamafarm_entries(selection: Selection) -> list[dict]:
@@ -475,7 +372,7 @@ def llamafarm_entries(selection: Selection) -> list[dict]:
 
 def deployment_record(profile: dict, selection: Selection, decl: DeploymentDecl) -> dict:
     """What `farmhand status` shows besides the supervisor's view: every role, local and remote."""
-    roles = [{k: v for k, v in _role_json(b, selection, {}).items() if k != "note"} for b in selection.roles]
+    roles = [{k: v for k, v in _role_json(b, selection).items() if k != "note"} for b in selection.roles]
     return {"profile": profile["name"], "default_role": selection.default_role, "roles": roles,
             "dropped_roles": selection.dropped}
 
@@ -546,7 +443,7 @@ def record_choices(plan: Plan, ctx: steps.Context) -> bool:
     ctx.ledger.pin_roles(plan.profile["name"], plan.selection.pins())
     ctx.ledger.set_runtime_records({rt.name: {"external": rt.external.url} if rt.external else {"managed": True}
                                     for rt in plan.selection.runtimes.values()})
-    ctx.ledger.set_ports(plan.ports, plan.asked_ports)
+    ctx.ledger.set_ports(plan.selection.ports(), plan.selection.asked_ports)
     after = (ctx.ledger.data.get("selection"), ctx.ledger.data.get("runtimes"), ctx.ledger.ports(),
              ctx.ledger.asked_ports())
     if after != before:

@@ -11,23 +11,25 @@ run here wins:
 Every candidate passed over keeps its reason, so `plan` can say why it fell back. A role
 with no candidate left is dropped with its reasons; the default role cannot be dropped: the
 plan is refused with the per-device sums. A runtime no role chose is not installed or started.
+Last, every runtime in use and the supervisor get their port (PortAsk says what was asked).
 
 Nothing here touches the host: what the world says (is a source reachable, what does a GGUF
-header hold, can this be installed, is a key's variable set) comes through an Oracle, which
-tests replace.
+header hold, can this be installed, is a key's variable set, may a port be used) comes through
+an Oracle and a PortAsk, which tests replace.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import sources
+from . import ports, sources
 from .backends import Backend, get_backend
 from .backends.base import RunningServer
 from .deployment import Candidate, DeploymentDecl, ModelSpec, RemoteDecl, RoleDecl, RuntimeDecl
-from .errors import Unsupported
+from .errors import BadInput, Unsupported
 from .gguf import GGUFInfo
 from .installers import InstallSpec
 from .memory import Device, DevicePool, Estimate, Placement, devices_from_facts, estimate
@@ -53,6 +55,20 @@ class Oracle:
     # Whether an environment variable is set (a remote model's key). The default reads this
     # process's environment, which is what the live plan and the tests' plans both mean.
     is_set: Callable[[str], bool] = lambda name: bool(os.environ.get(name))
+
+
+@dataclass(frozen=True)
+class PortAsk:
+    """What decides the ports: the --port arguments ({runtime, or None for the default role's:
+    port}), the profile's supervisor.port, the runtimes an earlier --port chose (and the ports
+    recorded for every runtime), and whether a port may be used here (free, or held by this
+    farmhand's own processes)."""
+
+    args: Mapping[str | None, int] = field(default_factory=dict)
+    supervisor: int | None = None
+    asked_before: Mapping[str, str] = field(default_factory=dict)
+    recorded: Mapping[str, int] = field(default_factory=dict)
+    usable: Callable[[int], bool] = lambda port: True
 
 
 @dataclass
@@ -125,8 +141,10 @@ class RoleBinding:
     note: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Selection:
+    """What select() decided; nothing changes it afterwards."""
+
     profile: str
     runtimes: dict[str, RuntimePlan]
     roles: list[RoleBinding]
@@ -136,9 +154,16 @@ class Selection:
     unused_runtimes: list[str]
     pool: DevicePool
     warnings: list[str]
+    supervisor_port: int = 0
+    port_sources: dict[str, str] = field(default_factory=dict)  # runtime (or supervisor) -> where its port was asked
+    asked_ports: dict[str, str] = field(default_factory=dict)  # runtime -> the --port that chose it
 
     def binding(self, role: str) -> RoleBinding:
         return next(b for b in self.roles if b.role == role)
+
+    def ports(self) -> dict[str, int]:
+        """Every runtime's port and the supervisor's (what the ledger records)."""
+        return {name: rt.port for name, rt in self.runtimes.items()} | {ports.SUPERVISOR: self.supervisor_port}
 
     def pins(self) -> dict[str, dict]:
         """What a re-run keeps (ledger.pin_roles)."""
@@ -153,8 +178,9 @@ class Selection:
         return pins
 
 
-def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, dict] | None = None) -> Selection:
-    """The runtimes, models and placements that serve `decl`'s roles on the host `facts` describes."""
+def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, dict] | None = None,
+           ask: PortAsk | None = None) -> Selection:
+    """The runtimes, models, placements and ports that serve `decl`'s roles on the host `facts` describes."""
     pool = DevicePool(devices_from_facts(facts, decl.memory))
     plans: dict[str, RuntimePlan] = {}
     bindings: dict[str, RoleBinding] = {}
@@ -194,10 +220,56 @@ def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, 
             skipped[role.name] = list(dict.fromkeys(reasons))
     used = {name: plan for name, plan in plans.items() if plan.models}
     declared_order = [r for r in decl.roles if r in bindings]
+    runtimes = {n: used[n] for n in decl.runtimes if n in used}
+    roles = [bindings[r] for r in declared_order]
+    default_binding = next(b for b in roles if b.role == decl.default_role)
+    sup_port, port_sources, asked = assign_ports(runtimes, default_binding.runtime, ask or PortAsk(), warnings)
     return Selection(
-        profile=decl.profile, runtimes={n: used[n] for n in decl.runtimes if n in used},
-        roles=[bindings[r] for r in declared_order], default_role=decl.default_role, dropped=dropped,
-        skipped=skipped, unused_runtimes=[n for n in decl.runtimes if n not in used], pool=pool, warnings=warnings)
+        profile=decl.profile, runtimes=runtimes, roles=roles, default_role=decl.default_role, dropped=dropped,
+        skipped=skipped, unused_runtimes=[n for n in decl.runtimes if n not in used], pool=pool, warnings=warnings,
+        supervisor_port=sup_port, port_sources=port_sources, asked_ports=asked)
+
+
+def assign_ports(runtimes: dict[str, RuntimePlan], default_runtime: str | None, ask: PortAsk,
+                 warnings: list[str]) -> tuple[int, dict[str, str], dict[str, str]]:
+    """Set each runtime's port; -> (the supervisor's port, where each explicit port came from (for
+    messages), the runtimes whose port a --port chose). A port a user chose with --port stays their
+    choice on later applies (held by a stranger: exit 3, never moved)."""
+    requests, sources_, asked = [], {}, {}
+    unknown = [n for n in ask.args if n is not None and n not in runtimes]
+    if unknown:
+        raise BadInput(f"--port {unknown[0]}=...: no runtime {unknown[0]!r} in this plan; runtimes: "
+                       f"{', '.join(runtimes) or 'none'}")
+    if None in ask.args and default_runtime is None:
+        raise BadInput("--port PORT: the default role is a remote model; name a runtime (--port NAME=PORT)")
+    for rt in runtimes.values():
+        if rt.external:  # its port is the one it already listens on
+            continue
+        explicit, source = rt.decl.port, f"deployment.runtimes.{rt.name}.port"
+        if rt.name in ask.args:
+            explicit, source = ask.args[rt.name], f"--port {rt.name}="
+        elif rt.name == default_runtime and None in ask.args:
+            explicit, source = ask.args[None], "--port"
+        elif explicit is None and rt.name in ask.asked_before and ask.recorded.get(rt.name):
+            explicit = ask.recorded[rt.name]
+            source = f"an earlier {ask.asked_before[rt.name]} (recorded; --reselect forgets it)"
+        requests.append(ports.PortRequest(rt.name, rt.backend.default_port, explicit, source))
+        if explicit is not None:
+            sources_[rt.name] = source
+        if explicit and source.startswith(("--port", "an earlier --port")):
+            asked[rt.name] = ask.asked_before.get(rt.name, source) if source.startswith("an earlier") else source
+    requests.append(ports.PortRequest(ports.SUPERVISOR, ports.SUPERVISOR_DEFAULT_PORT, ask.supervisor,
+                                      "supervisor.port"))
+    if ask.supervisor:
+        sources_[ports.SUPERVISOR] = "supervisor.port"
+    assigned = ports.assign(requests, dict(ask.recorded), ask.usable)
+    for rt in runtimes.values():
+        rt.port = rt.external.port if rt.external else assigned[rt.name]
+        if rt.decl.exposed:
+            warnings.append(
+                f"runtime {rt.name} listens on {rt.decl.host}:{rt.port}: reachable from other machines, every "
+                f"request needs the key in ${rt.decl.api_key_env}")
+    return assigned[ports.SUPERVISOR], sources_, asked
 
 
 def _pinned_candidate(role: RoleDecl, pin: dict | None) -> Candidate | None:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
-from . import bundle, client, installers, llamafarm, portowners, ports, projectfs, sources, stepids, store
+from . import client, installers, llamafarm, portowners, ports, projectfs, sources, stepids, store
 from .backends.base import InstallRejected, NotAnswering
+from .bundle import Bundle
 from .deployment import ModelSpec
 from .errors import EnvironmentProblem, FarmhandError, Unsupported
 from .fsio import atomic_write, ensure_dir, file_fingerprint, fingerprint_matches
@@ -35,6 +36,7 @@ class Context:
     report: object
     project_dir: Path
     extra: dict = field(default_factory=dict)
+    offline: Bundle | None = None  # the bundle this apply installs from (--bundle): no network, no build
 
 
 @dataclass
@@ -67,7 +69,7 @@ class InstallStep(Step):
         self.id = stepids.install(spec.key)
 
     def preflight(self, ctx: Context) -> None:
-        problem = installers.problem_of(self.spec, installers.LIVE)
+        problem = installers.problem_of(self.spec, installers.LIVE, ctx.offline)
         if problem:
             raise Unsupported(f"cannot apply: {problem}. Nothing was changed.")
 
@@ -90,7 +92,7 @@ class InstallStep(Step):
     def apply(self, ctx: Context) -> str:
         prefix = self.installer.prefix(self.spec, ctx.paths)
         if prefix is None:  # nothing of farmhand's to put in place: it is there, or it is an error
-            binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
+            binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report, ctx.offline)
             sees = self.backend.verify_install(binary, self.spec.variant) if binary else None
             return self.installer.present(self.spec)[1] + (f"; {sees}" if sees else "")
         adopt = ctx.ledger.artifact(self.id) is None and self._adoptable(ctx)
@@ -98,7 +100,7 @@ class InstallStep(Step):
             ctx.ledger.add_resource("dir", prefix, self.id)
             binary = self.installer.binary(self.spec, ctx.paths)
         else:
-            binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report)
+            binary = self.installer.install(self.spec, ctx.paths, ctx.ledger, ctx.report, ctx.offline)
         sees = self._verify(ctx, prefix, binary)
         version = self.backend.version_of(binary)
         ctx.ledger.set_artifact(self.id, file_fingerprint(binary) | {"key": self.spec.key, "version": version,
@@ -144,7 +146,7 @@ class ModelStep(Step):
         if self.path(ctx).exists():
             return Status(False, f"{self.path(ctx)} changed since it was verified: will verify again")
 
-        offline = bundle.active()
+        offline = ctx.offline
         if offline and offline.model_member(self.model.sha256):
             return Status(False, f"will copy {self.model.size_bytes / 1e6:.0f} MB from {offline.path.name}")
         first = (store.file_sources(self.model) or [None])[0]
@@ -165,7 +167,7 @@ class ModelStep(Step):
                     return f"verified {path}"
             except OSError:
                 pass
-        record = store.fetch(self.model, ctx.paths.models, ctx.report, ctx.ledger)
+        record = store.fetch(self.model, ctx.paths.models, ctx.report, ctx.ledger, ctx.offline)
         ctx.ledger.set_artifact(self.id, record)
         return f"fetched {self.model.name} from {record['source']} (sha256 {record['sha256'][:12]}…)"
 
@@ -334,8 +336,9 @@ class StoreModelStep(Step):
     once the server answers: pulled by name, or imported from farmhand's store (after the
     model:<name> step fetched and verified the file)."""
 
-    def __init__(self, runtime, served, warm: bool = False):
-        self.runtime, self.served, self.warm = runtime, served, warm
+    def __init__(self, runtime, served, served_now: Callable[[], object], warm: bool = False):
+        """`served_now()`: the model as the runtime is launched with it (its header once fetched)."""
+        self.runtime, self.served, self.served_now, self.warm = runtime, served, served_now, warm
         self.backend = runtime.backend
         self.name = self.backend.model_id(served)
         self.imported = served.via_store
@@ -366,9 +369,9 @@ class StoreModelStep(Step):
             path = store.store_path(ctx.paths.models, self.served.model)
             digest = (ctx.ledger.artifact(stepids.model(self.served.model.name)) or {}).get("sha256") \
                 or store.sha256_file(path)
-            detail = store_.import_file(self.served, path, digest, ctx.report)
+            detail = store_.import_file(self.served_now(), path, digest, ctx.report)
         else:
-            detail = store_.pull(self.served, ctx.report)
+            detail = store_.pull(self.served_now(), ctx.report)
         held = store_.present()
         if self.name not in held:
 

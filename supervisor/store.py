@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from . import bundle, fetcher, sources, statefiles
+from . import fetcher, sources, statefiles
+from .bundle import Bundle
 from .deployment import ModelSpec
 from .errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from .fetcher import sha256_file as digest
@@ -95,10 +96,11 @@ def _check_room(model: ModelSpec, models_dir: Path) -> None:
                                  f"{free / 1e9:.1f} GB free: not enough space left on device")
 
 
-def fetch(model: ModelSpec, models_dir: Path, report, ledger=None) -> dict:
-    """Fetch `model` into the store from its first working source; return its fingerprint.
-    Each source delivers through the fetcher: verified (size, GGUF magic and version, sha256)
-    before the file takes its name."""
+def fetch(model: ModelSpec, models_dir: Path, report, ledger=None, offline: Bundle | None = None) -> dict:
+    """Fetch `model` into the store from its first working source (from `offline` alone, the
+    bundle being installed, when there is one); return its fingerprint. Each source delivers
+    through the fetcher: verified (size, GGUF magic and version, sha256) before the file takes
+    its name."""
 
     target = store_path(models_dir, model)
     private_dir(target.parent)
@@ -106,7 +108,6 @@ def fetch(model: ModelSpec, models_dir: Path, report, ledger=None) -> dict:
     expect = fetcher.Expect(size=model.size_bytes or None, sha256=model.sha256, gguf=model.is_gguf)
     failures = []
 
-    offline = bundle.active()
     member = offline.model_member(model.sha256) if offline else None
     if member:
         result = fetcher.copy_from(lambda: offline.open_member(member), offline.member_size(member),

@@ -28,14 +28,11 @@ from ..ports import (
 
 
 class ServedModel(Protocol):
-    """What a backend may read of a model the plan serves on it (selection.ServedModel is one).
-    Backends see this view, never the planner: they import nothing above this layer."""
+    """What a backend may read of a model the plan serves (selection.ServedModel and LaunchModel
+    are both one): enough to name it and to pull or import it."""
 
     model: ModelSpec
-    roles: list[str]
-    ctx_size: int
     info: GGUFInfo | None
-    embeddings: bool  # a role it serves declared `embeddings: true`
 
     @property
     def effective_source(self) -> str: ...
@@ -44,23 +41,38 @@ class ServedModel(Protocol):
     def via_store(self) -> bool: ...
 
 
-class RuntimePlan(Protocol):
-    """What a backend may read of one planned runtime (selection.RuntimePlan is one)."""
+@dataclass(frozen=True)
+class LaunchModel:
+    """One model as a runtime is told to serve it, with the GGUF header as it is on disk now."""
 
+    model: ModelSpec
+    roles: tuple[str, ...]
+    ctx_size: int
+    info: GGUFInfo | None
+    embeddings: bool  # a role it serves declared `embeddings: true`
+    effective_source: str
+    via_store: bool
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything a backend needs to start one runtime, decided by the plan: the backend turns it
+    into argv, env and a probe, and sees nothing of the planner."""
+
+    name: str
     decl: RuntimeDecl
-    placement: Placement | None
+    binary: str
     port: int
+    models: tuple[LaunchModel, ...]
+    devices: tuple[Device, ...]
+    placement: Placement | None
+    gpu_share: float | None  # the least share of its GPUs the memory plan grants it (None: no GPU)
+    paths: Paths
+    mirrors: sources.Mirrors = sources.Mirrors()  # the site's mirrors, for backends that download themselves
 
     @property
-    def models(self) -> list[ServedModel]: ...
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def devices(self) -> list[Device]: ...
-
-    def grantable_fraction(self, device: Device) -> float: ...
+    def host(self) -> str:
+        return self.decl.host
 
 
 USE_HOST = "use deployment.runtimes.NAME.host (beyond 127.0.0.1 it needs api_key_env)"
@@ -239,19 +251,19 @@ class Backend:
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         raise NotImplementedError
 
-    def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
+    def launch(self, request: LaunchRequest) -> Launch:
         raise NotImplementedError
 
-    def visible_devices(self, runtime: RuntimePlan) -> dict[str, str]:
+    def visible_devices(self, request: LaunchRequest) -> dict[str, str]:
         """Env that pins a GPU runtime to the devices the plan gave it."""
-        gpus = [d for d in runtime.devices if d.kind == "gpu"]
+        gpus = [d for d in request.devices if d.kind == "gpu"]
         if not gpus:
             return {}
         env = VISIBLE_DEVICES.get(gpus[0].vendor, {})
         ids = ",".join(str(d.index) for d in gpus)
         return {k: v.format(ids=ids) for k, v in env.items()}
 
-    def api_key_env(self, runtime: RuntimePlan) -> dict[str, str]:
+    def api_key_env(self, request: LaunchRequest) -> dict[str, str]:
         """The runtime's API key as an env var the backend reads; the spec holds only the
         ${env:VAR} reference, resolved by the supervisor at spawn (never argv, never a file)."""
         return {}

@@ -31,10 +31,10 @@ from .base import (
     USE_PORT,
     Backend,
     Launch,
+    LaunchRequest,
     ModelStore,
     NotAnswering,
     ReadinessProbe,
-    RuntimePlan,
     ServedModel,
     client_host,
 )
@@ -132,17 +132,17 @@ class Lemonade(Backend):
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/api/v1/health")
 
-    def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
-        env = {"LEMONADE_HOST": runtime.decl.host, "LEMONADE_PORT": str(runtime.port),
-               "LEMONADE_CACHE_DIR": str(self.store_dir(paths)), "HF_HOME": str(paths.hf_home)}
-        if sources.mirrors().hf:  # Lemonade downloads models itself: through the site's mirror too
-            env["HF_ENDPOINT"] = sources.mirrors().hf
-        if runtime.decl.variant in LLAMACPP_BACKENDS:  # Lemonade's default llama.cpp backend
-            env["LEMONADE_LLAMACPP"] = LLAMACPP_BACKENDS[runtime.decl.variant]
-        env |= self.visible_devices(runtime) | dict(runtime.decl.env)
-        recipe = "flm on the NPU" if runtime.decl.variant == "npu" else \
-            f"llamacpp with its {LLAMACPP_BACKENDS.get(runtime.decl.variant, 'cpu')} backend"
-        return Launch([binary, *runtime.decl.args], env, (f"{runtime.name}: models run with {recipe}",))
+    def launch(self, request: LaunchRequest) -> Launch:
+        env = {"LEMONADE_HOST": request.decl.host, "LEMONADE_PORT": str(request.port),
+               "LEMONADE_CACHE_DIR": str(self.store_dir(request.paths)), "HF_HOME": str(request.paths.hf_home)}
+        if request.mirrors.hf:  # Lemonade downloads models itself: through the site's mirror too
+            env["HF_ENDPOINT"] = request.mirrors.hf
+        if request.decl.variant in LLAMACPP_BACKENDS:  # Lemonade's default llama.cpp backend
+            env["LEMONADE_LLAMACPP"] = LLAMACPP_BACKENDS[request.decl.variant]
+        env |= self.visible_devices(request) | dict(request.decl.env)
+        recipe = "flm on the NPU" if request.decl.variant == "npu" else \
+            f"llamacpp with its {LLAMACPP_BACKENDS.get(request.decl.variant, 'cpu')} backend"
+        return Launch([request.binary, *request.decl.args], env, (f"{request.name}: models run with {recipe}",))
 
 
 class LemonadeAPI:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from .. import cpulevel
 from ..facts.parsers import parse_list_devices
-from ..paths import Paths
 from ..ports import LOOPBACK
 from ..refs import env_ref
 from ..store import store_path
@@ -35,8 +34,8 @@ from .base import (
     Backend,
     InstallRejected,
     Launch,
+    LaunchRequest,
     ReadinessProbe,
-    RuntimePlan,
     ServedModel,
     client_host,
 )
@@ -211,31 +210,31 @@ class LlamaServer(Backend):
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
-    def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
-        (served,) = runtime.models
+    def launch(self, request: LaunchRequest) -> Launch:
+        (served,) = request.models
         # Clients name the model (llamafarm.yaml's `model:`); the roles it serves are aliases too.
         aliases = ",".join(dict.fromkeys([self.model_id(served), *served.roles]))
-        argv = [binary, "-m", str(store_path(paths.models, served.model)), "--host", runtime.decl.host,
-                "--port", str(runtime.port), "--alias", aliases, "-c", str(served.ctx_size),
+        argv = [request.binary, "-m", str(store_path(request.paths.models, served.model)), "--host", request.host,
+                "--port", str(request.port), "--alias", aliases, "-c", str(served.ctx_size),
                 # CORS: one allowed origin (this build sends the value as the header, so a list would
                 # be an invalid header), credentials never.
-                "--cors-origins", runtime.decl.cors_origins[0] if runtime.decl.cors_origins else "null",
+                "--cors-origins", request.decl.cors_origins[0] if request.decl.cors_origins else "null",
                 "--no-cors-credentials"]
         template, why = chat_template(served)
         notes = [f"{served.model.name}: chat template {why}"]
         if template:
             argv += ["--no-jinja", "--chat-template", template]
-        if runtime.placement.on_gpu:
+        if request.placement.on_gpu:
             argv += ["-ngl", "999"]
-            if len(runtime.devices) > 1:
+            if len(request.devices) > 1:
                 argv += ["--split-mode", "layer", "--tensor-split",
-                         ",".join(f"{s:.3f}" for s in runtime.placement.shares)]
+                         ",".join(f"{s:.3f}" for s in request.placement.shares)]
         if served.embeddings:
             argv += ["--embeddings"]
-        argv += list(runtime.decl.args)
-        env = self.visible_devices(runtime) | self.api_key_env(runtime) | dict(runtime.decl.env)
+        argv += list(request.decl.args)
+        env = self.visible_devices(request) | self.api_key_env(request) | dict(request.decl.env)
         return Launch(argv, env, tuple(notes))
 
-    def api_key_env(self, runtime: RuntimePlan) -> dict[str, str]:
-        var = runtime.decl.api_key_env
+    def api_key_env(self, request: LaunchRequest) -> dict[str, str]:
+        var = request.decl.api_key_env
         return {"LLAMA_API_KEY": env_ref(var)} if var else {}

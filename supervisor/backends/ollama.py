@@ -33,9 +33,9 @@ from .base import (
     USE_HOST,
     Backend,
     Launch,
+    LaunchRequest,
     ModelStore,
     ReadinessProbe,
-    RuntimePlan,
     ServedModel,
     client_host,
 )
@@ -169,22 +169,22 @@ class Ollama(Backend):
     def store_dir(self, paths: Paths) -> Path:
         return paths.backend_store("ollama")
 
-    def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
-        env = {"OLLAMA_HOST": f"{runtime.decl.host}:{runtime.port}", "OLLAMA_MODELS": str(self.store_dir(paths)),
+    def launch(self, request: LaunchRequest) -> Launch:
+        env = {"OLLAMA_HOST": f"{request.decl.host}:{request.port}", "OLLAMA_MODELS": str(self.store_dir(request.paths)),
                # Every model the plan put here fits beside the others: all stay loaded, forever,
                # each with one context of the planned size (the estimate's KV cache).
-               "OLLAMA_MAX_LOADED_MODELS": str(len(runtime.models)), "OLLAMA_KEEP_ALIVE": "-1",
+               "OLLAMA_MAX_LOADED_MODELS": str(len(request.models)), "OLLAMA_KEEP_ALIVE": "-1",
                "OLLAMA_NUM_PARALLEL": "1",
-               "OLLAMA_CONTEXT_LENGTH": str(max(m.ctx_size for m in runtime.models))}
-        if runtime.decl.cors_origins:  # Ollama always allows its loopback and app origins besides these
-            env["OLLAMA_ORIGINS"] = ",".join(runtime.decl.cors_origins)
-        env |= self.visible_devices(runtime) | dict(runtime.decl.env)
+               "OLLAMA_CONTEXT_LENGTH": str(max(m.ctx_size for m in request.models))}
+        if request.decl.cors_origins:  # Ollama always allows its loopback and app origins besides these
+            env["OLLAMA_ORIGINS"] = ",".join(request.decl.cors_origins)
+        env |= self.visible_devices(request) | dict(request.decl.env)
         notes = []
-        for served in runtime.models:
+        for served in request.models:
             if served.via_store:
                 _, why = template_for(served.model, served.info)
                 notes.append(f"{served.model.name}: imported as {import_name(served.model)}, chat template {why}")
-        return Launch([binary, "serve", *runtime.decl.args], env, tuple(notes))
+        return Launch([request.binary, "serve", *request.decl.args], env, tuple(notes))
 
 
 class OllamaStore(ModelStore):

@@ -24,7 +24,6 @@ import sys
 
 from .. import sources
 from ..deployment import ModelSpec
-from ..paths import Paths
 from ..ports import LOOPBACK
 from ..refs import env_ref
 from .base import (
@@ -35,8 +34,8 @@ from .base import (
     USE_ROLES,
     Backend,
     Launch,
+    LaunchRequest,
     ReadinessProbe,
-    RuntimePlan,
     ServedModel,
     client_host,
 )
@@ -133,29 +132,28 @@ class Vllm(Backend):
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
-    def launch(self, runtime: RuntimePlan, binary: str, paths: Paths) -> Launch:
-        (served,) = runtime.models
-        argv = [binary, "serve", self.repo(served), "--host", runtime.decl.host, "--port", str(runtime.port),
+    def launch(self, request: LaunchRequest) -> Launch:
+        (served,) = request.models
+        argv = [request.binary, "serve", self.repo(served), "--host", request.host, "--port", str(request.port),
                 "--served-model-name", self.model_id(served), "--max-model-len", str(served.ctx_size),
-                "--allowed-origins", json.dumps(list(runtime.decl.cors_origins))]
+                "--allowed-origins", json.dumps(list(request.decl.cors_origins))]
         notes = []
-        gpus = [d for d in runtime.devices if d.kind == "gpu" and d.total_bytes]
-        if gpus:
-            fraction = min(runtime.grantable_fraction(d) for d in gpus)
+        if request.gpu_share is not None:
+            fraction = request.gpu_share
             argv += ["--gpu-memory-utilization", f"{min(fraction, MAX_GPU_UTILIZATION):.2f}"]
             notes.append(f"{served.model.name}: --gpu-memory-utilization {fraction:.2f} of each GPU (the memory plan's "
                          "share)")
-        if len(runtime.devices) > 1:
-            argv += ["--tensor-parallel-size", str(len(runtime.devices))]
-        argv += list(runtime.decl.args)
+        if len(request.devices) > 1:
+            argv += ["--tensor-parallel-size", str(len(request.devices))]
+        argv += list(request.decl.args)
         revision = sources_revision(self.source(served))
         if revision:
             argv[3:3] = ["--revision", revision]
         # The repo is in farmhand's store already (RepoStep): vLLM reads it and never re-resolves.
-        env = {"HF_HOME": str(paths.hf_home), "HF_HUB_OFFLINE": "1"} | self.visible_devices(runtime) | \
-            dict(runtime.decl.env)
-        if runtime.decl.api_key_env:
-            env["VLLM_API_KEY"] = env_ref(runtime.decl.api_key_env)
+        env = {"HF_HOME": str(request.paths.hf_home), "HF_HUB_OFFLINE": "1"} | self.visible_devices(request) | \
+            dict(request.decl.env)
+        if request.decl.api_key_env:
+            env["VLLM_API_KEY"] = env_ref(request.decl.api_key_env)
         return Launch(argv, env, tuple(notes))
 
 

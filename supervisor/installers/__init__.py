@@ -14,7 +14,7 @@ module with an Installer subclass (installers/base.py) and list it in INSTALLERS
 
 from __future__ import annotations
 
-from .. import bundle
+from ..bundle import Bundle
 from ..errors import BadInput
 from .archive import ArchiveInstaller
 from .base import (  # noqa: F401 - the installers' shared contract, named where callers look for it
@@ -33,12 +33,12 @@ INSTALLERS: dict[str, Installer] = {i.method: i for i in (PathInstaller(), PipIn
                                                           ExternalInstaller())}
 
 
-def problem_of(spec: InstallSpec, tools) -> str | None:
+def problem_of(spec: InstallSpec, tools, offline: Bundle | None = None) -> str | None:
     """Why `spec` cannot be installed on this host: the backend's own verdict on the host
-    (`unsupported` in its parameters), then the install method's checks."""
+    (`unsupported` in its parameters), then the install method's checks. `offline`: the bundle
+    this command installs from (apply --bundle)."""
     if spec.get("unsupported"):
         return f"{spec.backend} ({spec.variant}): {spec.get('unsupported')}"
-    offline = bundle.active()
     if offline and offline.holds_install(spec.key):
         return None  # built already (and checked against this host): no toolchain needed
     return get(spec.method).problem(spec, tools)

@@ -18,7 +18,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import bundle, extract, stepids
+from .. import extract, stepids
+from ..bundle import Bundle, missing_build
 from ..errors import BadInput, FarmhandError, VerificationFailed
 from ..fetcher import Expect, FetchFailed, copy_from, download, sha256_file
 from ..fsio import ensure_dir
@@ -113,14 +114,14 @@ class ArchiveInstaller(Installer):
     def binary(self, spec: InstallSpec, paths: Paths) -> Path:
         return self.prefix(spec, paths) / spec.get("binary")
 
-    def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
+    def install(self, spec: InstallSpec, paths: Paths, ledger, report, offline: Bundle | None = None) -> Path:
         problem = self.problem(spec, None)
         if problem:
             raise BadInput(problem)
         step = stepids.install(spec.key)
         prefix = self.prefix(spec, paths)
         try:
-            return self._install(spec, paths, ledger, report, step, prefix)
+            return self._install(spec, paths, ledger, report, step, prefix, offline)
         except BaseException:
             for directory in (prefix.parent, paths.downloads):  # made for this install, and empty: gone too
                 try:
@@ -130,16 +131,18 @@ class ArchiveInstaller(Installer):
                     pass
             raise
 
-    def fetch_archives(self, spec: InstallSpec, paths: Paths, ledger, report, step: str) -> list[tuple[Archive, Path]]:
+    def fetch_archives(self, spec: InstallSpec, paths: Paths, ledger, report, step: str,
+                       offline: Bundle | None = None) -> list[tuple[Archive, Path]]:
         """Each archive of `spec` in farmhand's downloads, its digest checked (for installing, and
-        for `bundle create` to carry)."""
+        for `bundle create` to carry); from `offline`, the bundle being installed, when there is one."""
         ensure_dir(paths.downloads, ledger, step)
-        archives = self._with_digests(spec, paths, ledger, report, step)
-        return [(a, self._download(a, paths, ledger, report, step, spec.backend)) for a in archives]
+        archives = self._with_digests(spec, paths, ledger, report, step, offline)
+        return [(a, self._download(a, paths, ledger, report, step, spec.backend, offline)) for a in archives]
 
-    def _install(self, spec: InstallSpec, paths: Paths, ledger, report, step: str, prefix: Path) -> Path:
+    def _install(self, spec: InstallSpec, paths: Paths, ledger, report, step: str, prefix: Path,
+                 offline: Bundle | None) -> Path:
 
-        fetched = self.fetch_archives(spec, paths, ledger, report, step)
+        fetched = self.fetch_archives(spec, paths, ledger, report, step, offline)
         archives, files = [a for a, _ in fetched], [f for _, f in fetched]
         ensure_dir(prefix.parent, ledger, step)
         try:
@@ -166,15 +169,14 @@ class ArchiveInstaller(Installer):
         _forget(files, ledger)  # unpacked and verified: the downloads have done their job
         return self.binary(spec, paths)
 
-    def _with_digests(self, spec, paths, ledger, report, step) -> list[Archive]:
+    def _with_digests(self, spec, paths, ledger, report, step, offline: Bundle | None) -> list[Archive]:
 
         archives = archives_of(spec)
         if all(a.sha256 for a in archives):
             return archives
-        offline = bundle.active()
         if offline is not None:  # the digests the bundle was made with: no checksum file to fetch
             if not offline.holds_install(spec.key):
-                raise bundle.missing_build(spec.key, spec.backend, spec.variant)
+                raise missing_build(offline, spec.key, spec.backend, spec.variant)
             digests = offline.manifest.installs[spec.key].get("archives", {})
             return [Archive(a.url, a.sha256 or digests.get(a.name)) for a in archives]
 
@@ -200,7 +202,7 @@ class ArchiveInstaller(Installer):
             out.append(Archive(archive.url, digest))
         return out
 
-    def _download(self, archive: Archive, paths, ledger, report, step, backend) -> Path:
+    def _download(self, archive: Archive, paths, ledger, report, step, backend: str, offline: Bundle | None) -> Path:
 
         file = paths.downloads / f"{archive.sha256[:16]}-{archive.name}"
         ledger.add_resource("file", file.with_name(file.name + ".partial"), step)
@@ -208,7 +210,6 @@ class ArchiveInstaller(Installer):
         if file.exists() and sha256_file(file) != archive.sha256:
             file.unlink()  # damaged since it was kept: fetch it again
 
-        offline = bundle.active()
         member = offline.archive_member(archive.sha256) if offline else None
         if member:
             copy_from(lambda: offline.open_member(member), offline.member_size(member), f"bundle:{offline.path.name}",

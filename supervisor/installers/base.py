@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bundle import Bundle
 from ..paths import Paths
 
 _MAPPING = "\0mapping"  # marks a frozen dict, so a list of pairs is never taken for one
@@ -83,8 +84,9 @@ class Installer:
         """For methods where farmhand owns nothing (prefix None): is it there, and a line on it."""
         return False, self.describe(spec)
 
-    def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
-        """Install, record what was created in the ledger, return the executable."""
+    def install(self, spec: InstallSpec, paths: Paths, ledger, report, offline: Bundle | None = None) -> Path:
+        """Install, record what was created in the ledger, return the executable. `offline`: the
+        bundle this command installs from (apply --bundle), else None: the network."""
         raise NotImplementedError
 
 

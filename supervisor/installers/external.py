@@ -53,7 +53,7 @@ class ExternalInstaller(Installer):
         host = url.split("://", 1)[-1]
         return True, f"using the {spec.backend} already running at {host} (version {version}); farmhand leaves it alone"
 
-    def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
+    def install(self, spec: InstallSpec, paths: Paths, ledger, report, offline=None) -> Path:
         ok, detail = self.present(spec)
         if not ok:
             raise EnvironmentProblem(detail)

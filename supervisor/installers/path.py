@@ -34,7 +34,7 @@ class PathInstaller(Installer):
         found = shutil.which(spec.get("executable"))
         return Path(found) if found else Path(spec.get("executable"))
 
-    def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
+    def install(self, spec: InstallSpec, paths: Paths, ledger, report, offline=None) -> Path:
 
         problem = self.problem(spec, None)
         if problem:

@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import bundle, stepids
+from .. import stepids
+from ..bundle import Bundle, missing_build
 from ..errors import EnvironmentProblem, FarmhandError
 from ..fsio import ensure_dir
 from ..paths import Paths, private_dir
@@ -55,13 +56,13 @@ class PipInstaller(Installer):
         python = f"python{sys.version_info[0]}.{sys.version_info[1]}"
         return self.venv(spec, paths) / spec.get("binary").format(python=python)
 
-    def install(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
+    def install(self, spec: InstallSpec, paths: Paths, ledger, report, offline: Bundle | None = None) -> Path:
         prefix = self.prefix(spec, paths)
         step = stepids.install(spec.key)
         ensure_dir(prefix.parent, ledger, step)
         with staged(prefix, ledger, step, kind="venv") as staging:
             if spec.get("wheel_build"):
-                wheel = self.build_wheel(spec, paths, ledger, report)
+                wheel = self.build_wheel(spec, paths, ledger, report, offline)
                 requirement, extra = [str(wheel)], ["--no-deps", "--no-index"]
             else:
                 requirement = [f"{spec.get('package')}=={spec.get('version')}"]
@@ -89,17 +90,17 @@ class PipInstaller(Installer):
             raise FarmhandError(f"{spec.get('package')} installed, but {binary} is not there")
         return binary
 
-    def build_wheel(self, spec: InstallSpec, paths: Paths, ledger, report) -> Path:
-        """The built wheel for `spec`, building it (minutes) only when the wheelhouse lacks it."""
+    def build_wheel(self, spec: InstallSpec, paths: Paths, ledger, report, offline: Bundle | None = None) -> Path:
+        """The built wheel for `spec`, building it (minutes) only when the wheelhouse lacks it
+        (or taking it from `offline`, the bundle being installed)."""
 
         target = paths.wheelhouse / spec.key
         existing = sorted(target.glob("*.whl"))
         if existing:
             return existing[0]
-        offline = bundle.active()
         if offline is not None:
             if not offline.holds_install(spec.key):
-                raise bundle.missing_build(spec.key, spec.backend, spec.variant)
+                raise missing_build(offline, spec.key, spec.backend, spec.variant)
             ensure_dir(target, ledger, stepids.install(spec.key))
             private_dir(target)
             member = offline.install_files(spec.key)[0]

@@ -57,16 +57,12 @@ except BadInput:  # said, with the fix, when a command resolves them (plan.build
     _mirrors = Mirrors()
 
 
-def configure(mirrors: Mirrors, hf_home: Path | None = None) -> None:
-    """The mirrors this command uses (set once, when the profile is known), and where
-    huggingface_hub keeps its own files: farmhand's store (the HF_HOME its runtimes read), never
-    the user's home. huggingface_hub reads these at import, so this runs before any hf:// use."""
+def configure(mirrors: Mirrors) -> None:
+    """The mirrors this command uses: set once, by the plan, when the profile is known (or by a
+    command that fetches without one). The sources read them; backends get them in their
+    LaunchRequest."""
     global _mirrors
     _mirrors = mirrors
-    if hf_home is not None:
-        os.environ["HF_HOME"] = str(hf_home)
-        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # farmhand shows its own
 
 
 def mirrors() -> Mirrors:
