@@ -10,10 +10,8 @@ runlog.py (rotated logs), notify.py (sd_notify), process.py (identity, spawn, st
 
 from __future__ import annotations
 
-import http.client
 import os
 import queue
-import re
 import signal
 import subprocess
 import threading
@@ -26,43 +24,11 @@ from .health import HealthServer
 from .lock import InstanceLock, LockHeld
 from .notify import sd_notify
 from .paths import Paths
-from .refs import ENV_REF
+from .readiness import FIRST_PROBE_DELAY, next_probe_delay, probe_once
+from .refs import MissingSecret, expand_env
 from .runlog import RotatingLog
 from .specs import RuntimeSpec, SupervisorSpec, inherited_env
 from .states import RUNNING, State, next_state
-
-FIRST_PROBE_DELAY = 0.002
-PROBE_GROWTH = 1.3
-PROBE_MAX_DELAY = 0.015  # keeps "ready" within ~15 ms of the first 200 without hammering
-# A server that takes long to start (vLLM: minutes) is probed less often the longer it has taken:
-# the interval grows to PROBE_ELAPSED_FRACTION of the time waited so far (at most
-# PROBE_SLOW_CAP), so the lag stays a small fraction of the start time and a 60 s start costs
-# ~150 probes instead of 4,000.
-PROBE_ELAPSED_FRACTION = 0.04
-PROBE_SLOW_CAP = 2.0
-
-
-def next_probe_delay(delay: float, elapsed: float) -> float:
-    """The wait before the next readiness probe, after `delay`, `elapsed` seconds into the start."""
-    return min(max(min(delay * PROBE_GROWTH, PROBE_MAX_DELAY), elapsed * PROBE_ELAPSED_FRACTION), PROBE_SLOW_CAP)
-
-
-class MissingSecret(Exception):
-    def __init__(self, var: str):
-        super().__init__(var)
-        self.var = var
-
-
-def expand_env(value: str, env: dict[str, str]) -> str:
-    """Resolve ${env:VAR} references at spawn time (specs on disk hold only the reference).
-    An unset or empty variable is an error: a runtime never starts with an empty key."""
-
-    def resolve(m: re.Match) -> str:
-        if not env.get(m.group(1)):
-            raise MissingSecret(m.group(1))
-        return env[m.group(1)]
-
-    return ENV_REF.sub(resolve, value)
 
 
 class Runtime:
@@ -343,7 +309,8 @@ class Supervisor:
                 self.events.put(("exited", rt, (gen, rc)))
                 return
             t0 = time.monotonic()
-            if probe_once(probe.hostname, probe.port, probe.path, rt.spec.readiness_expect):
+            if probe_once(probe.hostname, probe.port, probe.path, rt.spec.readiness_expect,
+                          rt.spec.readiness_timeout_s, rt.spec.readiness_body):
                 now = time.monotonic()
                 self.events.put(("ready", rt, (gen, (now, time.time(), round((now - t0) * 1000, 2)))))
                 break
@@ -353,14 +320,16 @@ class Supervisor:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic()) + 0.001))
             delay = next_probe_delay(delay, time.monotonic() - started)
         spec = rt.spec
+        live = urlparse(spec.liveness_url) if spec.liveness_url else probe
         while True:
             try:
                 rc = popen.wait(timeout=spec.liveness_interval_s)
             except subprocess.TimeoutExpired:
                 if rt.generation != gen:
                     return  # stopped or restarted: another watcher owns the new process
-                answered = probe_once(probe.hostname, probe.port, probe.path, spec.readiness_expect,
-                                      timeout=spec.liveness_timeout_s)
+                answered = probe_once(live.hostname, live.port, live.path, 200 if spec.liveness_url else
+                                      spec.readiness_expect, timeout=spec.liveness_timeout_s,
+                                      body="" if spec.liveness_url else spec.readiness_body)
                 self.events.put(("live", rt, (gen, answered)))
                 continue
             self.events.put(("exited", rt, (gen, rc)))
@@ -413,17 +382,6 @@ class Supervisor:
     def _write_processes(self) -> None:
         statefiles.write_processes(self.paths, {rt.name: rt.ident for rt in self.runtimes
                                                 if rt.ident is not None and rt.state not in (State.STOPPED,)})
-
-
-def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.0) -> bool:
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status == expect
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
 
 
 def run_foreground(paths: Paths) -> int:

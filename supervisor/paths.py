@@ -104,6 +104,11 @@ class Paths:
         """pip's and builds' temporaries: never the host's /tmp (an interrupted one is swept)."""
         return self.cache / "tmp"
 
+    def runtime_scratch(self, runtime: str) -> Path:
+        """A runtime's own temporaries and caches (vLLM's TMPDIR, torch's compile cache): never the
+        host's /tmp or ~/.cache, and removed with the runtime by `destroy`."""
+        return self.cache / "runtimes" / runtime
+
     @property
     def overrides(self) -> Path:
         return self.config / "overrides.yaml"

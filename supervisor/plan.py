@@ -4,15 +4,13 @@ build() decides everything and changes nothing: it tries the matching profiles b
 (a profile whose default role cannot be served here falls back to the next, and the plan says
 why), selects what runs where (selection.py), assigns ports, and lays out the steps: installs
 (one per distinct install spec), model fetches, the runtime specs, the deployment record,
-llamafarm.yaml, the launcher and the supervisor. evaluate() runs every step's cheap check()
-(the `farmhand plan` output); apply() runs every preflight first, then only the steps that
-differ, independent ones in parallel (backends build while models download).
+llamafarm.yaml, the launcher and the supervisor. engine.py converges to it; oracle.py is the
+world as the live plan sees it.
 """
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,29 +18,21 @@ from urllib.parse import urlparse
 from . import (
     declare,
     deployment,
-    gguf,
-    installers,
     llamafarm,
-    memo,
     portowners,
-    ports,
     profiles,
     sources,
     stepids,
     steps,
-    store,
 )
-from .backends import Backend, get_backend
-from .backends.base import RunningServer
 from .bundle import Bundle
-from .deployment import DeploymentDecl, ModelSpec
-from .errors import EnvironmentProblem, FarmhandError
+from .deployment import DeploymentDecl
 from .ledger import Ledger
+from .oracle import make_oracle
 from .paths import Paths
 from .refs import env_ref
 from .render import SpecRenderer
 from .selection import Oracle, PlanRefused, PortAsk, Selection, select
-from .sources import hf
 
 
 @dataclass
@@ -119,135 +109,6 @@ def _role_json(b, sel: Selection) -> dict:
             "model_id": rt.backend.model_id(served), "url": rt.url, "managed": rt.managed, "note": b.note}
 
 
-def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True, live: bool = True,
-                reselect: bool = False, port_args: dict | None = None, offline: Bundle | None = None) -> Oracle:
-    """The world as a live plan sees it: the store, the sources (or only `offline`, the bundle
-    being installed), the installers, the servers already running here (not for a runtime given
-    a port of its own: that asks for farmhand's)."""
-    held: dict[str, dict[str, str]] = {}
-
-    def in_server(backend: Backend, server: RunningServer) -> dict[str, str]:
-        if server.url not in held:
-            try:
-                held[server.url] = backend.model_store(server.url).present()
-            except FarmhandError:
-                held[server.url] = {}
-        return held[server.url]
-
-    def available(model: ModelSpec, backend: Backend, server: RunningServer | None = None) -> tuple[bool, str, str]:
-        usable = backend.usable_sources(model)
-        file_based = [u for u in usable if sources.get(u).delivers_file(u)]
-        if file_based and store.in_store(paths.models, model, ledger.artifact(stepids.model(model.name))):
-            return True, "in store", "store"
-        if offline is not None:  # installing from a bundle: what it holds, and no other source is asked
-            if file_based and offline.model_member(model.sha256):
-                return True, f"in {offline.path.name}", file_based[0]  # store.fetch reads the bundle first
-            return False, f"not in {offline.path.name} (a bundle install fetches nothing)", ""
-        if server is not None:  # a running server may hold it already: no registry needed
-            for uri in usable:
-                if uri not in file_based and backend.store_name(model, uri) in in_server(backend, server):
-                    return True, f"already in the {backend.name} at {server.url}", uri
-        reasons = []
-        for uri in usable:
-            ok, why = sources.get(uri).reachable(uri) if check_sources else (True, "not checked")
-            if ok:
-                return True, why, uri
-            reasons.append(why)
-        return False, "no source reachable (" + "; ".join(reasons) + ")", ""
-
-    def install_problem(spec: installers.InstallSpec) -> str | None:
-        backend = get_backend(spec.backend)
-        return installers.problem_of(spec, facts.get("tools"), offline) or (
-            backend.pull_problem() if backend.own_store else None)
-
-    def running(backend: Backend, decl: deployment.RuntimeDecl) -> RunningServer | None:
-        if decl.port is not None or decl.name in (port_args or {}) or None in (port_args or {}):
-            return None  # a port of its own asks for farmhand's own runtime
-        pinned = None if reselect else ledger.runtime_record(decl.name)
-        if pinned and pinned.get("external"):
-            url = pinned["external"]
-            version = backend.running_version(url)
-            if version:
-                return RunningServer(url, int(url.rsplit(":", 1)[-1]), version)
-            # Relied on since it was adopted: a second Ollama (or another profile) in its place
-            # would surprise more than this error does.
-
-            raise EnvironmentProblem(
-                f"the {backend.name} at {url} that runtime {decl.name} uses (farmhand did not start it) does not "
-                f"answer: start it again ({backend.start_advice()}), or re-run with --reselect to let "
-                f"farmhand install its own; nothing was changed")
-        if pinned or not live:  # farmhand ran its own last time: keep doing so
-            return None
-        port = backend.default_port
-        if ports.is_free(port) or portowners.PortCheck(paths).holder_is_ours(port):
-            return None
-        url = f"http://127.0.0.1:{port}"
-        version = backend.running_version(url)
-        return RunningServer(url, port, version) if version else None
-
-    return Oracle(available=available,
-                  header=lambda model: model_header(paths, model, allow_network=check_sources),
-                  install_problem=install_problem, running=running)
-
-
-def model_header(paths: Paths, model: ModelSpec, allow_network: bool = True) -> gguf.GGUFInfo | None:
-    """A GGUF model's header: from the store (memoised by the file's fingerprint), else from
-    the first MB of an http(s)/hf source (memoised by URL; failures are not remembered)."""
-    if not model.is_gguf:
-        return None
-    path = store.store_path(paths.models, model)
-    try:
-        st = path.stat()
-    except OSError:
-        st = None
-    if st is not None:
-        key = memo.digest("file", str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-
-        def parse():
-            try:
-                return gguf.read_file(path).to_json()
-            except (gguf.GGUFError, OSError):
-                return None
-
-        data = memo.remember("gguf", key, parse)
-        return gguf.GGUFInfo.from_json(data) if data else None
-    for uri in model.sources:  # a local file source: its own header, as cheap as the store's
-        if sources.scheme_of(uri) == "file":
-            local = Path(uri[len("file://"):])
-            try:
-                return gguf.GGUFInfo.from_json(memo.remember("gguf", memo.digest("file", str(local),
-                                               *_stat_key(local)), lambda f=local: gguf.read_file(f).to_json()))
-            except (gguf.GGUFError, OSError):
-                continue
-    if not allow_network:
-        return None
-    for uri in model.sources:
-        scheme = sources.scheme_of(uri)
-        if scheme not in ("http", "https", "hf") or not sources.get(uri).delivers_file(uri):
-            continue
-        url = sources.get(uri).url(uri)
-        headers = {}
-        if scheme == "hf":
-            from huggingface_hub.utils import build_hf_headers
-
-            headers = build_hf_headers(token=hf.token())  # requests drops it on a redirect to the CDN
-        key = memo.digest("url", url)
-        data = memo.lookup("gguf", key)
-        if data is memo.MISSING:
-            try:
-                data = gguf.read_url(url, headers=headers, timeout=sources.REACH_TIMEOUT * 2).to_json()
-            except Exception:  # noqa: BLE001 - any failure just means "no header": the plan says so
-                continue
-            memo.store("gguf", key, data)
-        return gguf.GGUFInfo.from_json(data)
-    return None
-
-
-def _stat_key(path: Path) -> tuple:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
 def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profile_name: str | None = None,
           overrides: dict | None = None, overrides_source: str = "overrides", port_args: dict | None = None,
           reselect: bool = False, profiles_dir: Path = profiles.PROFILES_DIR, live: bool = True,
@@ -312,6 +173,8 @@ def _lay_out(paths: Paths, project_dir: Path, match: profiles.Match, matches: li
     stores = [steps.DirStep(f"store:{rt.name}", rt.backend.store_dir(paths)) for rt in selection.runtimes.values()
               if rt.backend.own_store and rt.managed]
     plan_steps += stores
+    plan_steps += [steps.DirStep(stepids.scratch(rt.name), paths.runtime_scratch(rt.name), kind="dir")
+                   for rt in selection.runtimes.values() if rt.decl.variant in rt.backend.scratch_variants and rt.managed]
     before_specs = tuple(s.id for s in plan_steps)
     plan_steps.append(steps.FileStep("spec:runtimes.json", lambda p: p.runtimes, renderer.text, 0o600, before_specs))
     plan_steps.append(steps.FileStep("state:deployment.json", lambda p: p.deployment,
@@ -381,71 +244,3 @@ def _json(data: dict) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
-def evaluate(plan: Plan, ctx: steps.Context) -> list[tuple[steps.Step, steps.Status]]:
-    return [(s, s.check(ctx)) for s in plan.steps]
-
-
-def apply(plan: Plan, ctx: steps.Context) -> list[dict]:
-    """Preflight everything, then apply what differs in dependency order; record as we go."""
-    statuses = evaluate(plan, ctx)
-    for step, status in statuses:
-        if not status.up_to_date:
-            step.preflight(ctx)
-    results: list[dict] = []
-    done: set[str] = set()
-    changed: set[str] = set()
-    pending = list(statuses)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        while pending:
-            ready = [(s, st) for s, st in pending if all(d in done for d in s.after)]
-            if not ready:
-                raise RuntimeError("plan has a dependency cycle: " + ", ".join(s.id for s, _ in pending))
-            futures = {}
-            for step, status in ready:
-                pending.remove((step, status))
-                # What a step depends on may have just changed (a fetched model's header decides
-                # the runtime's argv): look again before deciding.
-                current = step.check(ctx) if changed.intersection(step.after) else status
-                if current.up_to_date:
-                    results.append({"id": step.id, "changed": False, "detail": current.detail})
-                    done.add(step.id)
-                    continue
-                ctx.report.line(f"- {step.id}: {current.detail}")
-                futures[step.id] = (step, pool.submit(step.apply, ctx))
-            error = None
-            for step_id, (_step, future) in futures.items():
-                try:
-                    detail = future.result()
-                    results.append({"id": step_id, "changed": True, "detail": detail})
-                    ctx.report.line(f"  {step_id}: {detail}")
-                    done.add(step_id)
-                    changed.add(step_id)
-                except BaseException as exc:  # keep what the others did; re-raise the first
-                    error = error or exc
-            if error is not None:
-                try:
-                    ctx.ledger.save()
-                except OSError:
-                    pass  # the step's own error (a full disk, say) is the one to report
-                raise error
-            ctx.ledger.save()
-    record_choices(plan, ctx)
-    return results
-
-
-def record_choices(plan: Plan, ctx: steps.Context) -> bool:
-    """Keep what this plan chose (roles' models, runtimes farmhand runs or uses, ports and the
-    ones a --port chose) so a re-run keeps them; saved only when they differ. Called by every
-    apply, a no-op one too: a port asked for by a run killed after its runtime came up is
-    recorded by the re-run that finds everything in place."""
-    before = (ctx.ledger.data.get("selection"), ctx.ledger.data.get("runtimes"), ctx.ledger.ports(),
-              ctx.ledger.asked_ports())
-    ctx.ledger.pin_roles(plan.profile["name"], plan.selection.pins())
-    ctx.ledger.set_runtime_records({rt.name: {"external": rt.external.url} if rt.external else {"managed": True}
-                                    for rt in plan.selection.runtimes.values()})
-    ctx.ledger.set_ports(plan.selection.ports(), plan.selection.asked_ports)
-    after = (ctx.ledger.data.get("selection"), ctx.ledger.data.get("runtimes"), ctx.ledger.ports(),
-             ctx.ledger.asked_ports())
-    if after != before:
-        ctx.ledger.save()
-    return after != before

@@ -29,7 +29,7 @@ Header = Callable[[ModelSpec], "GGUFInfo | None"]
 
 def launch_model(served: ServedModel, info: GGUFInfo | None) -> LaunchModel:
     return LaunchModel(served.model, tuple(served.roles), served.ctx_size, info, served.embeddings,
-                       served.effective_source, served.via_store)
+                       served.effective_source, served.via_store, served.estimate.kv)
 
 
 def gpu_share(rt: RuntimePlan) -> float | None:
@@ -82,11 +82,12 @@ class SpecRenderer:
                                     tuple(rt.devices), rt.placement, gpu_share(rt), self.paths, mirrors)
             launch = rt.backend.launch(request)
             notes[rt.name] = list(launch.notes)
-            probe = rt.backend.readiness_probe(rt.port, rt.decl.host)
+            probe = rt.backend.readiness(request)
             out.append(RuntimeSpec(
                 name=rt.name, backend=rt.backend.name, argv=tuple(launch.argv), env=tuple(sorted(launch.env.items())),
                 port=rt.port, base_url=rt.url, readiness_url=probe.url,
-                readiness_expect=probe.expect, stop_signal=rt.backend.stop_signal,
+                readiness_expect=probe.expect, readiness_body=probe.body, readiness_timeout_s=probe.timeout_s,
+                liveness_url=probe.liveness_url, stop_signal=rt.backend.stop_signal,
                 grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
                 start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),
                 restart=restart,

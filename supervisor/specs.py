@@ -28,6 +28,11 @@ class RuntimeSpec:
     env: tuple[tuple[str, str], ...] = ()
     # The defaults below are the one place they are written: from_json and the plan read them.
     readiness_expect: int = 200
+    # A readiness probe with a body is a POST of it (vLLM: a one-token completion, since its
+    # /health answers before the engine can compute); liveness then probes liveness_url.
+    readiness_body: str = ""
+    readiness_timeout_s: float = 2.0
+    liveness_url: str = ""  # "" : the readiness URL
     base_url: str | None = None
     stop_signal: str = "SIGTERM"
     grace_s: float = 10.0
@@ -48,11 +53,13 @@ class RuntimeSpec:
     def to_json(self) -> dict:
         return {"name": self.name, "backend": self.backend, "argv": list(self.argv), "env": dict(self.env),
                 "port": self.port, "base_url": self.base_url,
-                "readiness": {"url": self.readiness_url, "expect": self.readiness_expect},
+                "readiness": {"url": self.readiness_url, "expect": self.readiness_expect,
+                              **({"body": self.readiness_body, "timeout_s": self.readiness_timeout_s}
+                                 if self.readiness_body else {})},
                 "stop_signal": self.stop_signal, "grace_s": self.grace_s, "start_timeout_s": self.start_timeout_s,
                 "restart": self.restart.to_json(),
                 "liveness": {"interval_s": self.liveness_interval_s, "timeout_s": self.liveness_timeout_s,
-                             "misses": self.liveness_misses},
+                             "misses": self.liveness_misses, **({"url": self.liveness_url} if self.liveness_url else {})},
                 "models": list(self.models), "devices": list(self.devices),
                 "identity": self.identity, "log_max_bytes": self.log_max_bytes, "log_backups": self.log_backups}
 
@@ -62,6 +69,9 @@ class RuntimeSpec:
                    env=tuple(sorted((data.get("env") or {}).items())), port=int(data["port"]),
                    base_url=data.get("base_url"), readiness_url=data["readiness"]["url"],
                    readiness_expect=data["readiness"].get("expect", 200),
+                   readiness_body=data["readiness"].get("body", ""),
+                   readiness_timeout_s=float(data["readiness"].get("timeout_s", cls.readiness_timeout_s)),
+                   liveness_url=(data.get("liveness") or {}).get("url", ""),
                    stop_signal=data.get("stop_signal", "SIGTERM"), grace_s=float(data.get("grace_s", cls.grace_s)),
                    start_timeout_s=float(data.get("start_timeout_s", cls.start_timeout_s)),
                    restart=RestartPolicy.from_json(data.get("restart")),

@@ -9,6 +9,7 @@ PULL = "pull"
 IMPORT = "import"
 LOAD = "load"
 RUNTIME_UP = "runtime:up"
+SCRATCH = "scratch"
 
 
 def model(name: str) -> str:
@@ -24,6 +25,11 @@ def install(key: str) -> str:
 def into_backend(imported: bool, runtime: str, model_name: str) -> str:
     """A model put into a backend's own store: imported from farmhand's, or pulled by the backend."""
     return f"{IMPORT if imported else PULL}:{runtime}/{model_name}"
+
+
+def scratch(runtime: str) -> str:
+    """A runtime's own directory for its temporaries and caches."""
+    return f"{SCRATCH}:{runtime}"
 
 
 def load(runtime: str, model_name: str) -> str:

@@ -21,7 +21,7 @@ PACKAGE = REPO / "supervisor"
 LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"supervisor", "errors", "paths", "cpulevel", "policy", "states", "notify", "progress", "projectfs",
               "process", "fsio", "memo", "yamlio", "gguf", "runlog", "health", "lock", "specs", "ports", "refs",
-              "stepids", "statefiles", "identity"}),
+              "stepids", "statefiles", "identity", "readiness"}),
     ("runtime", {"daemon", "client", "endpoint"}),
     ("facts", {"facts", "facts.hostio", "facts.parsers", "facts.probes"}),
     ("world", {"fetcher", "extract", "sources", "sources.base", "sources.file", "sources.hf", "sources.http",
@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("backends", {"backends", "backends.base", "backends.lemonade", "backends.llama_server", "backends.ollama",
                   "backends.ollama_api", "backends.vllm"}),
     ("decide", {"declare", "selection", "profiles"}),
-    ("converge", {"ledger", "llamafarm", "portowners", "render", "steps", "plan", "status"}),
+    ("converge", {"ledger", "llamafarm", "portowners", "render", "steps", "steps.base", "steps.installs",
+                  "steps.models", "steps.files", "steps.runtime", "plan", "oracle", "engine", "status"}),
     ("ship", {"bundle_create", "export", "deploy", "destroy"}),
     ("cli", {"cli", "cli.common", "cli.host", "cli.converge", "cli.runtimes", "cli.models", "cli.ship", "cli_checks",
              "__main__"}),

@@ -52,6 +52,7 @@ class LaunchModel:
     embeddings: bool  # a role it serves declared `embeddings: true`
     effective_source: str
     via_store: bool
+    kv_bytes: int = 0  # the memory plan's KV cache for it at ctx_size (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,15 @@ VISIBLE_DEVICES = {  # how each vendor's runtime libraries are told which GPUs t
 
 @dataclass(frozen=True)
 class ReadinessProbe:
-    """HTTP GET `url` answering `expect` means ready (503 and refused connections mean not yet)."""
+    """HTTP GET `url` answering `expect` means ready (503 and refused connections mean not yet);
+    with a `body`, a POST of it (a real completion) means ready, and `liveness_url` is probed
+    once it is running."""
 
     url: str
     expect: int = 200
+    body: str = ""
+    timeout_s: float = 2.0
+    liveness_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,8 @@ class Backend:
     default_ctx: int = 4096
     own_store: bool = False  # models are pulled or imported into the backend's own store
     reads_hf_cache: bool = False  # serves whole Hugging Face repos that farmhand fetches into HF_HOME
+    # Variants that write temporaries and caches: into paths.runtime_scratch(name), made by the plan.
+    scratch_variants: tuple[str, ...] = ()
     supports_api_key: bool = True
     # Flags and env vars farmhand sets itself, with what to use instead (refused in args/env).
     controlled_flags: dict[str, str] = {}
@@ -204,6 +212,15 @@ class Backend:
             return None
         text = (out.stdout + out.stderr).strip()
         return self.parse_version(text) if out.returncode == 0 and text else None
+
+    def version_of_package(self, python: Path, package: str) -> str | None:
+        """For a backend run as `python -m ...`: the installed version of `package` in that venv."""
+        try:
+            out = subprocess.run([str(python), "-c", "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))",
+                                  package], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() or None if out.returncode == 0 else None
 
     def parse_version(self, text: str) -> str:
         return text.splitlines()[-1][:80]
@@ -250,6 +267,10 @@ class Backend:
 
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         raise NotImplementedError
+
+    def readiness(self, request: LaunchRequest) -> ReadinessProbe:
+        """The probe for this launch (a backend whose readiness needs a model name overrides it)."""
+        return self.readiness_probe(request.port, request.host)
 
     def launch(self, request: LaunchRequest) -> Launch:
         raise NotImplementedError

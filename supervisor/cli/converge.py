@@ -77,7 +77,7 @@ def print_deployment(d: dict, explain: bool = False) -> None:
 def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles_dir, explain, facts_file, replay,
          detailed_exitcode):
     """Show the deployment for this host (roles, runtimes, memory per device) and each step."""
-    from .. import plan as planmod
+    from .. import engine
     from ..progress import Reporter
     from ..steps import Context
 
@@ -88,7 +88,7 @@ def plan(ctx, profile, overrides, port, reselect, project_dir, as_json, profiles
                                       facts=facts, project_dir=project, profiles_dir=profiles_dir, live=not foreign)
     statuses = None
     if not foreign:
-        statuses = planmod.evaluate(built, Context(paths, ledger, Reporter(quiet=True), project))
+        statuses = engine.evaluate(built, Context(paths, ledger, Reporter(quiet=True), project))
     data = built.to_json(statuses)
     data["explain"] = [{"profile": m.profile["name"], "priority": m.profile["priority"], "matches": m.holds,
                         "why": m.summary()} for m in built.matches]
@@ -126,8 +126,7 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     check_fetch_env()
     import time
 
-    from .. import bundle
-    from .. import plan as planmod
+    from .. import bundle, engine
     from ..progress import Reporter
     from ..steps import Context
 
@@ -145,7 +144,7 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
         ledger.data["build"] = {"cpu_level": bundled.manifest.built_for.cpu_level}  # saved with the apply
     report = Reporter(json_lines=as_json)
     context = Context(paths, ledger, report, project, offline=bundled)
-    statuses = planmod.evaluate(built, context)
+    statuses = engine.evaluate(built, context)
     changes = [s for s, st in statuses if not st.up_to_date]
     if changes and not yes and sys.stdin.isatty() and not as_json:
         print_deployment(built.to_json())
@@ -160,12 +159,12 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
         for why in built.fallbacks:
             report.line(f"  fell back: {why}")
         try:
-            results = planmod.apply(built, context)
+            results = engine.apply(built, context)
         finally:
             report.close()
     else:
         results = [{"id": s.id, "changed": False, "detail": st.detail} for s, st in statuses]
-        planmod.record_choices(built, context)  # nothing to do, but what was chosen is kept
+        engine.record_choices(built, context)  # nothing to do, but what was chosen is kept
     summary = _apply_summary(built, ledger, results, project, round(time.monotonic() - t0, 3))
     emit(summary, as_json, _print_apply)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import stepids
 from ..bundle import Bundle, missing_build
-from ..errors import EnvironmentProblem, FarmhandError
+from ..errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from ..fsio import ensure_dir
 from ..paths import Paths, private_dir
 from ..process import finish_helper, run_captured, run_helper
@@ -78,12 +78,23 @@ class PipInstaller(Installer):
             report.line(f"  {'uv' if uv else 'pip'} install {' '.join(requirement)} into {prefix / 'venv'}"
                         + ("" if spec.get("wheel_build") else " (with its dependencies: minutes for a torch stack)"))
             if uv:  # uv resolves and unpacks a multi-GB torch stack many times faster than pip
-                _run([uv, "pip", "install", "--quiet", "--no-cache", "--python", python, *extra, *requirement],
-                     ledger, env=_temp_env(paths))
+                pip = [uv, "pip", "install", "--quiet", "--no-cache", "--python", python]
+                uninstall = [uv, "pip", "uninstall", "--python", python]
             else:
-                _run([sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
-                      "--disable-pip-version-check", "--no-cache-dir", *extra, *requirement], ledger,
-                     env=_temp_env(paths))
+                pip = [sys.executable, "-m", "pip", "--python", python, "install", "--quiet",
+                       "--disable-pip-version-check", "--no-cache-dir"]
+                uninstall = [sys.executable, "-m", "pip", "--python", python, "uninstall", "-y", "--quiet"]
+            if spec.get("hashes") and not spec.get("wheel_build"):
+                # The package itself, checked against its pinned digests; its dependencies next.
+                pinned = staging / "pinned.txt"
+                pinned.write_text(f"{requirement[0]} " + " ".join(f"--hash=sha256:{h}" for h in spec.get("hashes"))
+                                  + "\n")
+                _run([*pip, "--no-deps", "--require-hashes", *extra, "-r", str(pinned)], ledger, env=_temp_env(paths),
+                     task=f"{spec.get('package')} {spec.get('version')}")
+                pinned.unlink()
+            _run([*pip, *extra, *requirement], ledger, env=_temp_env(paths))
+            if spec.get("remove"):  # what the package's dependencies bring that does not work beside it
+                _run([*uninstall, *spec.get("remove")], ledger, env=_temp_env(paths))
             relocate_venv(staging / "venv", prefix / "venv")
         binary = self.binary(spec, paths)
         if not binary.exists():
@@ -148,15 +159,23 @@ def _temp_env(paths: Paths) -> dict[str, str]:
     return {"TMPDIR": str(tmp)}
 
 
-def _run(argv: list[str], ledger, env: dict | None = None) -> None:
-    rc, _out, err = run_captured(argv, ledger, env=None if env is None else os.environ | env)
+def _run(argv: list[str], ledger, env: dict | None = None, task: str | None = None) -> None:
+    rc, out, err = run_captured(argv, ledger, env=None if env is None else os.environ | env)
     if rc != 0:
-        _raise_for_output(f"{' '.join(argv[:4])} ...", rc, err)
+        _raise_for_output(task or f"{' '.join(argv[:4])} ...", rc, err, also=out)
 
 
-def _raise_for_output(task: str, rc: int, output: str) -> None:
+HASH_MISMATCH = re.compile(r"Expected sha256 ([0-9a-f]{64}).*?Got\s+([0-9a-f]{64})", re.S)
+
+
+def _raise_for_output(task: str, rc: int, output: str, also: str = "") -> None:
     if "No space left on device" in output:  # the disk filled: the host's problem, not a bug
         raise EnvironmentProblem(f"{task}: no space left on device; free some space and re-run")
+    mismatch = HASH_MISMATCH.search(output) or HASH_MISMATCH.search(also)
+    if mismatch:
+        raise VerificationFailed(f"{task}: the index served a file with sha256 {mismatch.group(2)}, and farmhand "
+                                 f"pins {mismatch.group(1)}: refused, nothing was installed (a mirror serving "
+                                 "another build, or a tampered file)")
     raise FarmhandError(f"{task} failed (exit {rc}): {output.strip()[-400:]}")
 
 
