@@ -18,7 +18,9 @@ import threading
 import time
 from urllib.parse import urlparse
 
-from . import ports, process, statefiles
+import psutil
+
+from . import ports, process, shm, statefiles
 from .errors import Conflict, FarmhandError
 from .health import HealthServer
 from .lock import InstanceLock, LockHeld
@@ -48,6 +50,7 @@ class Runtime:
         self.last_probe_ms: float | None = None
         self.last_error: str | None = None
         self.next_start: float | None = None
+        self.shm: set[str] = set()  # /dev/shm segments its processes were seen using (shm.py)
         self.log = RotatingLog(paths.runtime_log(self.name), spec.log_max_bytes, spec.log_backups)
 
     def transition(self, event: str) -> None:
@@ -311,6 +314,7 @@ class Supervisor:
             t0 = time.monotonic()
             if probe_once(probe.hostname, probe.port, probe.path, rt.spec.readiness_expect,
                           rt.spec.readiness_timeout_s, rt.spec.readiness_body):
+                self._note_shm(rt, popen)
                 now = time.monotonic()
                 self.events.put(("ready", rt, (gen, (now, time.time(), round((now - t0) * 1000, 2)))))
                 break
@@ -331,14 +335,33 @@ class Supervisor:
                                       spec.readiness_expect, timeout=spec.liveness_timeout_s,
                                       body="" if spec.liveness_url else spec.readiness_body)
                 self.events.put(("live", rt, (gen, answered)))
+                self._note_shm(rt, popen)
                 continue
             self.events.put(("exited", rt, (gen, rc)))
             return
 
     def _cleanup_session(self, rt: Runtime) -> None:
-        """The leader is gone; anything it forked into the background goes with it."""
+        """The leader is gone; anything it forked into the background goes with it, and so does
+        the shared memory they left."""
         if rt.ident is not None:
             process.stop_session(rt.ident, rt.popen, signal.SIGKILL, 0)
+        self._release_shm(rt)
+
+    def _release_shm(self, rt: Runtime) -> None:
+        removed = shm.release(rt.shm)
+        rt.shm.clear()
+        if removed:
+            print(f"farmhand: {rt.name}: removed shared memory it left: {', '.join(removed)}", flush=True)
+
+    @staticmethod
+    def _note_shm(rt: Runtime, popen) -> None:
+        """The /dev/shm segments the runtime's processes use now (its leader and descendants)."""
+        try:
+            leader = psutil.Process(popen.pid)
+            pids = [leader.pid] + [c.pid for c in leader.children(recursive=True)]
+        except psutil.Error:
+            return
+        rt.shm |= shm.used_by(pids)
 
     def _notify(self) -> None:
         states = [rt.state for rt in self.runtimes]
@@ -369,6 +392,7 @@ class Supervisor:
                                                   rt.spec.grace_s))
         process.stop_sessions(targets)
         for rt in stopping:
+            self._release_shm(rt)
             ports.wait_free(rt.spec.port, 5.0)
             with self.lock:
                 rt.transition("stopped")

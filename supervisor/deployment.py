@@ -118,6 +118,22 @@ class RoleDecl:
     llamafarm: dict = field(default_factory=dict, compare=False)  # the LlamaFarm entry's own fields
     embeddings: bool = False  # declared `embeddings: true`: its runtime serves /v1/embeddings too
 
+    @property
+    def declared_max_tokens(self) -> int | None:
+        """The profile's `model_api_parameters.max_tokens` for this role, if it sets one."""
+        value = (self.llamafarm.get("model_api_parameters") or {}).get("max_tokens")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+REMOTE_MAX_TOKENS = 1024  # a remote model's reply cap, when its role sets none
+
+
+def default_max_tokens(ctx_size: int) -> int:
+    """A role's reply cap when its profile sets none: a quarter of its context, 256 to 2048 tokens.
+    Every LlamaFarm request and every llama-server slot is bounded (a base model asked without a
+    cap writes until its context is full)."""
+    return max(256, min(2048, ctx_size // 4))
+
 
 @dataclass(frozen=True)
 class RemoteDecl:

@@ -9,7 +9,9 @@ entries are taken out and the user's file stays.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 from . import client, llamafarm, memo, projectfs, stepids, store
@@ -88,6 +90,8 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     # ledger did not list goes too: state, caches, backends (and the model store when purging).
     # config/ may hold the user's overrides.yaml: only emptied directories are removed there.
     owned = [paths.cache, paths.backends] + ([paths.models] if purge_models else [])
+    prefix = paths.short_scratch_prefix  # runtimes' scratch outside the home, when the home is too deep
+    owned += [p for p in prefix.parent.glob(prefix.name + "-*") if _ours(p)]
     for root in owned:
         if root.is_dir() and not root.is_symlink():
             shutil.rmtree(root, ignore_errors=True)
@@ -126,3 +130,12 @@ def _remove_if_empty(path: Path) -> None:
 
 def _empty_runtime_doc() -> str:
     return "version: v1\nname: x\nnamespace: default\nruntime:\n  models: []\n"
+
+
+def _ours(path: Path) -> bool:
+    """A directory of this user's, not a link: what a scratch directory farmhand made is."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()

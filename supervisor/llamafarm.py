@@ -14,9 +14,11 @@ import copy
 import io
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 from . import __version__, memo, projectfs, yamlio
 from .errors import BadInput
+from .refs import env_refs
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 FILENAME = "llamafarm.yaml"
@@ -110,6 +112,55 @@ def reference_warnings(entries: list[dict], existing: dict | None, path: Path) -
 
 def validate(doc: dict, source: str) -> None:
     yamlio.validate(doc, "llamafarm", f"{source} (LlamaFarm schema)")
+
+
+# How each provider's client is given base_url by LlamaFarm 0.0.34 (unchanged): the path it must
+# end with ("": a server root, no path).
+BASE_URL_PATH = {"openai": "/v1", "lemonade": "/api/v1", "ollama": ""}
+
+
+def problems(doc: dict) -> list[str]:
+    """What LlamaFarm 0.0.34 accepts without a word and then gets wrong: a model name used twice
+    (the later one is unreachable), a default_model naming no model (only runtime.default_model
+    chooses the default; `default: true` is ignored), a prompt set that is not defined, and a
+    base_url its provider's client cannot use (the OpenAI client appends /chat/completions to it)."""
+    runtime = doc.get("runtime") if isinstance(doc.get("runtime"), dict) else {}
+    models = [m for m in runtime.get("models") or [] if isinstance(m, dict)]
+    names = [m.get("name") for m in models]
+    out = [f"runtime.models: the name {n!r} is used {names.count(n)} times; LlamaFarm reaches only one of them"
+           for n in dict.fromkeys(names) if names.count(n) > 1]
+    default = runtime.get("default_model")
+    if default is not None and default not in names:
+        out.append(f"runtime.default_model {default!r} names no model; models: {', '.join(map(str, names)) or 'none'}")
+    prompts = {p.get("name") for p in doc.get("prompts") or [] if isinstance(p, dict)}
+    for m in models:
+        for name in m.get("prompts") or []:
+            if name not in prompts:
+                out.append(f"model {m.get('name')}: prompt set {name!r} is not defined under prompts:")
+        want = BASE_URL_PATH.get(str(m.get("provider")))
+        url = m.get("base_url")
+        if want is None or not isinstance(url, str):
+            continue
+        path = urlparse(url).path.rstrip("/")
+        if path != want and not (want and path.endswith(want)):
+            shape = f"end in {want}" if want else "be the server's root (no path)"
+            out.append(f"model {m.get('name')}: base_url {url} must {shape} for provider {m.get('provider')} "
+                       "(LlamaFarm passes it to the client unchanged)")
+    return out
+
+
+def literal_key_warnings(entries: list[dict]) -> list[str]:
+    """LlamaFarm 0.0.34 does not resolve `${env:VAR}` in api_key: it sends the text itself as the
+    Bearer token. farmhand never writes a key's value, so such a model does not authenticate."""
+    out = []
+    for entry in entries:
+        var = env_refs(str(entry.get("api_key") or ""))
+        if var:
+            out.append(f"role {entry['name']}: LlamaFarm 0.0.34 sends api_key {entry['api_key']} literally (it does "
+                       f"not resolve ${{env:...}}), so {entry['model']} will not authenticate; put a gateway that "
+                       f"holds ${var[0]} in front of it (its base_url in this role), or use a LlamaFarm release "
+                       "that resolves the reference")
+    return out
 
 
 def load_existing(path: Path) -> dict | None:

@@ -7,6 +7,7 @@ Nothing else in the code builds a path under farmhand's directories by hand.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,10 @@ from pathlib import Path
 from .errors import BadInput, EnvironmentProblem
 
 APP = "farmhand"
+
+
+SOCKET_PATH_MAX = 107  # sockaddr_un.sun_path less its terminating NUL (Linux)
+SOCKET_NAME_ROOM = 40  # what a runtime appends to its TMPDIR for a socket (a uuid and a slash)
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,20 @@ class Paths:
 
     def runtime_scratch(self, runtime: str) -> Path:
         """A runtime's own temporaries and caches (vLLM's TMPDIR, torch's compile cache): never the
-        host's /tmp or ~/.cache, and removed with the runtime by `destroy`."""
-        return self.cache / "runtimes" / runtime
+        host's ~/.cache, and removed with the runtime by `destroy`. A runtime makes Unix sockets
+        in it (vLLM's ZeroMQ: 36-character names), and a socket's path is at most 107 bytes: under
+        a home too deep for that, it is a short owner-only directory of this home's in /tmp."""
+        scratch = self.cache / "runtimes" / runtime
+        if len(os.fsencode(scratch)) + SOCKET_NAME_ROOM <= SOCKET_PATH_MAX:
+            return scratch
+        return Path(f"{self.short_scratch_prefix}-{runtime}")
+
+    @property
+    def short_scratch_prefix(self) -> Path:
+        """/tmp/farmhand-UID-TAG: what this home's short scratch directories start with (TAG is
+        this home's), so `destroy` finds them even when the ledger that listed them is lost."""
+        tag = hashlib.sha256(os.fsencode(self.cache)).hexdigest()[:12]
+        return Path("/tmp") / f"farmhand-{os.geteuid()}-{tag}"
 
     @property
     def overrides(self) -> Path:

@@ -26,7 +26,7 @@ from . import (
     steps,
 )
 from .bundle import Bundle
-from .deployment import DeploymentDecl
+from .deployment import REMOTE_MAX_TOKENS, DeploymentDecl
 from .ledger import Ledger
 from .oracle import make_oracle
 from .paths import Paths
@@ -155,7 +155,11 @@ def _lay_out(paths: Paths, project_dir: Path, match: profiles.Match, matches: li
         existing = llamafarm.load_existing(config_path)
     except deployment.BadInput:
         existing = None  # the config step's preflight names the problem with file and line
-    config_warnings = llamafarm.reference_warnings(entries, existing, config_path)
+    config_warnings = llamafarm.reference_warnings(entries, existing, config_path) + \
+        llamafarm.literal_key_warnings(entries)
+    final = llamafarm.merged(existing or {}, llamafarm.yamlio.load_text(rendered, "template"), set(), None)
+    config_warnings += [f"{config_path}: {p}" for p in llamafarm.problems(final)
+                        if not any(p.startswith(f"model {e['name']}: prompt set") for e in entries)]
     launcher = steps.LauncherStep(paths)
     plan_steps: list[steps.Step] = [launcher]
     installs: dict[str, steps.InstallStep] = {}
@@ -215,6 +219,7 @@ def llamafarm_entries(selection: Selection) -> list[dict]:
             r = b.remote
             entry = {"name": b.role, "description": f"{r.model} ({r.provider}), declared in the farmhand profile",
                      "provider": r.provider, "model": r.model}
+            cap = REMOTE_MAX_TOKENS
             if r.base_url:
                 entry["base_url"] = r.base_url
             if r.api_key_env:
@@ -226,10 +231,14 @@ def llamafarm_entries(selection: Selection) -> list[dict]:
                      "description": f"{b.model} on {rt.name} ({urlparse(rt.url).netloc}), managed by farmhand",
                      "provider": rt.backend.provider, "model": rt.backend.model_id(served),
                      "base_url": rt.url}
+            cap = served.max_tokens(b.role)
             if rt.decl.api_key_env:
                 entry["api_key"] = env_ref(rt.decl.api_key_env)
         entry["default"] = b.role == selection.default_role
-        entries.append(entry | b.llamafarm)
+        entry |= b.llamafarm
+        # Every request LlamaFarm sends is bounded (its config's max_tokens wins over the request's).
+        entry["model_api_parameters"] = {"max_tokens": cap} | dict(entry.get("model_api_parameters") or {})
+        entries.append(entry)
     return entries
 
 

@@ -29,7 +29,7 @@ Header = Callable[[ModelSpec], "GGUFInfo | None"]
 
 def launch_model(served: ServedModel, info: GGUFInfo | None) -> LaunchModel:
     return LaunchModel(served.model, tuple(served.roles), served.ctx_size, info, served.embeddings,
-                       served.effective_source, served.via_store, served.estimate.kv)
+                       served.effective_source, served.via_store, served.estimate.kv, served.longest_reply)
 
 
 def gpu_share(rt: RuntimePlan) -> float | None:

@@ -28,7 +28,15 @@ from typing import Callable
 from . import ports, sources
 from .backends import Backend, get_backend
 from .backends.base import RunningServer
-from .deployment import Candidate, DeploymentDecl, ModelSpec, RemoteDecl, RoleDecl, RuntimeDecl
+from .deployment import (
+    Candidate,
+    DeploymentDecl,
+    ModelSpec,
+    RemoteDecl,
+    RoleDecl,
+    RuntimeDecl,
+    default_max_tokens,
+)
 from .errors import BadInput, Unsupported
 from .gguf import GGUFInfo
 from .installers import InstallSpec
@@ -81,6 +89,16 @@ class ServedModel:
     info: GGUFInfo | None
     pinned_source: str = ""  # with "kept": the source the last apply used
     embeddings: bool = False  # a role it serves declared `embeddings: true`
+    declared_max_tokens: dict[str, int | None] = field(default_factory=dict)  # role -> its profile's cap
+
+    def max_tokens(self, role: str) -> int:
+        """The reply cap of one role it serves: the profile's, else sized to the context."""
+        return self.declared_max_tokens.get(role) or default_max_tokens(self.ctx_size)
+
+    @property
+    def longest_reply(self) -> int:
+        """The largest cap of the roles it serves: what one generation may run to."""
+        return max(self.max_tokens(r) for r in self.roles)
 
     @property
     def effective_source(self) -> str:
@@ -333,6 +351,7 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
             pool.commit(plan.placement, model.name, delta)
             existing.ctx_size, existing.estimate = ctx, bigger
         existing.roles.append(role.name)
+        existing.declared_max_tokens[role.name] = role.declared_max_tokens
         existing.embeddings = existing.embeddings or role.embeddings
         return None
     need = estimate(model, info, ctx)
@@ -346,6 +365,7 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
             return pool.no_room(list(placement.devices), need)
     pool.commit(placement, model.name, need)
     plan.placement = placement
-    plan.models.append(ServedModel(model, [role.name], ctx, need, source, info, kept or "", role.embeddings))
+    plan.models.append(ServedModel(model, [role.name], ctx, need, source, info, kept or "", role.embeddings,
+                                   {role.name: role.declared_max_tokens}))
     plans[rt_decl.name] = plan
     return None

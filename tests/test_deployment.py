@@ -11,6 +11,7 @@ from conftest import REPO
 from planning import ALL_TOOLS, amd, build, host, nvidia, oracle
 
 from supervisor import gguf, llamafarm
+from supervisor.deployment import default_max_tokens
 from supervisor.errors import BadInput
 from supervisor.ledger import Ledger
 from supervisor.selection import PlanRefused
@@ -48,9 +49,12 @@ def entries(plan) -> list[tuple]:
             for e in plan.entries]
 
 
-def gemma(ctx, port=11550, extra=(), roles=("default",)):
+def gemma(ctx, port=11550, extra=(), roles=("default",), n_predict=None):
+    """llama-server's argv for the Gemma file; --n-predict is the roles' reply cap (issue 18: a
+    quarter of the context unless the profile sets max_tokens)."""
     return ["-m", "~/data/models/gemma-3-270m-q4_k_m.gguf", "--host", "127.0.0.1", "--port", str(port),
-            *gemma_args(*roles), "-c", str(ctx), *CORS, "--no-jinja", "--chat-template", "gemma", *extra]
+            *gemma_args(*roles), "-c", str(ctx), *CORS, "--no-jinja", "--chat-template", "gemma", *extra,
+            "--n-predict", str(n_predict or default_max_tokens(ctx))]
 
 
 def cuda_overrides(runtimes: dict, roles: dict, models: dict | None = None) -> dict:
@@ -79,10 +83,10 @@ CASES = {
             {"a": {"backend": "llama-server", "variant": "cuda"}, "b": {"backend": "llama-server", "variant": "cuda"}},
             {"default": {"use": [{"model": "big", "runtime": "a"}]}, "fast": {"use": [{"model": "mid", "runtime": "b"}]}}),
         runtimes=[("a", 11550, ["-m", "~/data/models/big.gguf", "--host", "127.0.0.1", "--port", "11550", "--alias",
-                                "big,default", "-c", "4096", *CORS, "-ngl", "999"],
+                                "big,default", "-c", "4096", *CORS, "-ngl", "999", "--n-predict", "1024"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"]),
                   ("b", 11551, ["-m", "~/data/models/mid.gguf", "--host", "127.0.0.1", "--port", "11551", "--alias",
-                                "mid,fast", "-c", "4096", *CORS, "-ngl", "999"],
+                                "mid,fast", "-c", "4096", *CORS, "-ngl", "999", "--n-predict", "1024"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}, ["gpu1"])],
         entries=[("default", "openai", "big", "http://127.0.0.1:11550/v1", None, True),
                  ("fast", "openai", "mid", "http://127.0.0.1:11551/v1", None, False)]),
@@ -92,7 +96,7 @@ CASES = {
                                  {"default": {"use": [{"model": "big", "runtime": "a"}]}}),
         runtimes=[("a", 11550, ["-m", "~/data/models/big.gguf", "--host", "127.0.0.1", "--port", "11550", "--alias",
                                 "big,default", "-c", "4096", *CORS, "-ngl", "999", "--split-mode", "layer",
-                                "--tensor-split", "0.500,0.500"],
+                                "--tensor-split", "0.500,0.500", "--n-predict", "1024"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}, ["gpu0", "gpu1"])],
         entries=[("default", "openai", "big", "http://127.0.0.1:11550/v1", None, True)]),
     "vLLM with tensor parallelism over two H100": dict(

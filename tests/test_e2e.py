@@ -48,7 +48,8 @@ def test_apply_serves_the_real_model_and_destroy_leaves_nothing(farmhand, llama_
     assert doc["runtime"]["default_model"] == "default"
     assert doc["runtime"]["models"] == [{
         "name": "default", "description": f"gemma3-270m on llama-server (127.0.0.1:{port}), managed by farmhand",
-        "provider": "openai", "model": "gemma3-270m", "base_url": f"http://127.0.0.1:{port}/v1", "default": True}]
+        "provider": "openai", "model": "gemma3-270m", "base_url": f"http://127.0.0.1:{port}/v1", "default": True,
+        "model_api_parameters": {"max_tokens": 2048}}]  # every request bounded (a quarter of the 8192 context)
 
     # The command the summary prints works (the launcher under FARMHAND_HOME/bin).
     shown = subprocess.run([*shlex.split(summary["command"]), "status"], capture_output=True, text=True,

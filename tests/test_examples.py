@@ -74,7 +74,10 @@ def test_references_to_prompts_and_mcp_servers_are_checked_against_the_project(t
         f"role assistant: MCP server 'filesystem' is not defined in {path} (add it under mcp.servers:)",
         f"role data-analyst: MCP server 'database' is not defined in {path} (add it under mcp.servers:)",
         f"role power-user: MCP server 'filesystem' is not defined in {path} (add it under mcp.servers:)",
-        f"role power-user: MCP server 'database' is not defined in {path} (add it under mcp.servers:)"]
+        f"role power-user: MCP server 'database' is not defined in {path} (add it under mcp.servers:)",
+        "role power-user: LlamaFarm 0.0.34 sends api_key ${env:OPENAI_API_KEY} literally (it does not resolve "
+        "${env:...}), so gpt-4o-mini will not authenticate; put a gateway that holds $OPENAI_API_KEY in front of "
+        "it (its base_url in this role), or use a LlamaFarm release that resolves the reference"]
     monkeypatch.setenv("OPENAI_API_KEY", "set-for-this-test")
     path.write_text("version: v1\nname: p\nnamespace: n\nruntime: {}\nmcp:\n  servers:\n"
                     "    - {name: filesystem, transport: stdio, command: npx}\n"

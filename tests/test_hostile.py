@@ -634,3 +634,43 @@ def test_bootstrap_shows_pips_chatter_only_when_pip_failed(tmp_path, monkeypatch
     screen = seen.out + seen.err
     assert ("WARNING: Location" in screen) is (code != 0), screen
     assert "bootstrap: installing farmhand" in seen.err
+
+
+SCRATCH_PLANTS = {
+    "a link to a directory of the attacker's": lambda p, elsewhere: p.symlink_to(elsewhere, target_is_directory=True),
+    "a directory open to others": lambda p, elsewhere: (p.mkdir(), p.chmod(0o777)),
+    "a file": lambda p, elsewhere: p.write_text("x"),
+    "another user's directory": lambda p, elsewhere: (p.mkdir(mode=0o700), os.chown(p, 65534, 65534)),
+}
+
+
+@pytest.mark.parametrize("plant", SCRATCH_PLANTS)
+def test_a_scratch_dir_planted_in_tmp_is_refused_never_used(tmp_path, plant):
+    """A home too deep for Unix socket paths keeps a runtime's scratch in /tmp, where anyone can
+    make the name first: what is there and not this user's own private directory is refused."""
+    from supervisor.ledger import Ledger
+    from supervisor.paths import Paths
+    from supervisor.steps import Context, DirStep
+
+    if plant == "another user's directory" and os.geteuid() != 0:
+        pytest.skip("another owner needs root")
+    deep = tmp_path / ("d" * 80)
+    paths = Paths(deep / "data", deep / "state", deep / "config", deep / "cache", "home")
+    scratch = paths.runtime_scratch("vllm-cpu")
+    assert str(scratch).startswith("/tmp/farmhand-"), scratch
+    elsewhere = tmp_path / "attacker"
+    elsewhere.mkdir()
+    try:
+        SCRATCH_PLANTS[plant](scratch, elsewhere)
+        step = DirStep("scratch:vllm-cpu", scratch, kind="dir")
+        ctx = Context(paths, Ledger(paths), None, tmp_path)
+        assert not step.check(ctx).up_to_date, "a planted scratch counts as in place"
+        with pytest.raises(FarmhandError) as refused:
+            step.preflight(ctx)
+        assert refused.value.exit_code == EXIT_ENVIRONMENT and str(scratch) in str(refused.value)
+        assert list(elsewhere.iterdir()) == [], "something was written through the plant"
+    finally:
+        if scratch.is_symlink() or scratch.is_file():
+            scratch.unlink()
+        elif scratch.is_dir():
+            scratch.rmdir()

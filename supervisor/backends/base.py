@@ -53,6 +53,7 @@ class LaunchModel:
     effective_source: str
     via_store: bool
     kv_bytes: int = 0  # the memory plan's KV cache for it at ctx_size (0: unknown)
+    max_tokens: int = 0  # the largest reply cap of the roles it serves (0: none)
 
 
 @dataclass(frozen=True)

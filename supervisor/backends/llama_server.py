@@ -145,7 +145,9 @@ class LlamaServer(Backend):
                                          "--chat-template-file", "-lcs", "--lookup-cache-static", "-lcd",
                                          "--lookup-cache-dynamic", "--ssl-key-file", "--ssl-cert-file",
                                          "-mu", "--model-url", "-hf", "--hf-repo", "-hff", "--hf-file"),
-                                        USE_NO_PATHS)}
+                                        USE_NO_PATHS),
+                        "-n": "use the role's model_api_parameters.max_tokens",
+                        "--n-predict": "use the role's model_api_parameters.max_tokens"}
     controlled_env = {"LLAMA_ARG_HOST": USE_HOST, "LLAMA_ARG_PORT": USE_PORT, "LLAMA_API_KEY": USE_KEY,
                       "LLAMA_ARG_API_KEY_FILE": USE_KEY, "LLAMA_ARG_CORS_ORIGINS": USE_CORS,
                       "LLAMA_ARG_CORS_CREDENTIALS": USE_CORS, "LLAMA_ARG_MODEL": USE_ROLES}
@@ -231,6 +233,8 @@ class LlamaServer(Backend):
                          ",".join(f"{s:.3f}" for s in request.placement.shares)]
         if served.embeddings:
             argv += ["--embeddings"]
+        if served.max_tokens:  # a request without max_tokens, or one whose client left, still ends
+            argv += ["--n-predict", str(served.max_tokens)]
         argv += list(request.decl.args)
         env = self.visible_devices(request) | self.api_key_env(request) | dict(request.decl.env)
         return Launch(argv, env, tuple(notes))

@@ -220,4 +220,4 @@ def _print_apply(d: dict) -> None:
         openai_url = local["url"] if local["url"].endswith("/v1") else local["url"].rstrip("/") + "/v1"
         click.echo("try it:\n  curl -s " + openai_url + "/chat/completions -H 'Content-Type: application/json' \\\n"
                    "    -d '{\"model\": \"" + local["model_id"] + "\", \"messages\": [{\"role\": \"user\", "
-                   "\"content\": \"Say hello\"}]}'")
+                   "\"content\": \"Say hello\"}], \"max_tokens\": 64}'")

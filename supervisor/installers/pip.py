@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .. import stepids
@@ -92,7 +93,12 @@ class PipInstaller(Installer):
                 _run([*pip, "--no-deps", "--require-hashes", *extra, "-r", str(pinned)], ledger, env=_temp_env(paths),
                      task=f"{spec.get('package')} {spec.get('version')}")
                 pinned.unlink()
-            _run([*pip, *extra, *requirement], ledger, env=_temp_env(paths))
+            if uv:
+                _run([*pip, *extra, *requirement], ledger, env=_temp_env(paths))
+            else:  # minutes for a torch stack: say how far it got
+                loud = [a for a in pip if a != "--quiet"] + ["--progress-bar", "off"]
+                pip_with_progress([*loud, *extra, *requirement], os.environ | _temp_env(paths), report,
+                                  f"{spec.get('package')} {spec.get('version')}", ledger)
             if spec.get("remove"):  # what the package's dependencies bring that does not work beside it
                 _run([*uninstall, *spec.get("remove")], ledger, env=_temp_env(paths))
             relocate_venv(staging / "venv", prefix / "venv")
@@ -177,6 +183,41 @@ def _raise_for_output(task: str, rc: int, output: str, also: str = "") -> None:
                                  f"pins {mismatch.group(1)}: refused, nothing was installed (a mirror serving "
                                  "another build, or a tampered file)")
     raise FarmhandError(f"{task} failed (exit {rc}): {output.strip()[-400:]}")
+
+
+COLLECTING = re.compile(r"^Collecting (\S+)")
+INSTALLING = re.compile(r"^Installing collected packages: (.*)")
+COLLECTED_EVERY = 25
+
+
+def pip_with_progress(argv: list[str], env: dict, report, task: str, ledger=None) -> None:
+    """A pip install whose size is not known up front: a line each COLLECTED_EVERY packages it
+    resolves, one when it starts installing them (with their count), one when it is done."""
+    t0 = time.monotonic()
+    tail: list[str] = []
+    collected = 0
+    proc = run_helper(argv, ledger, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-60:]
+            if COLLECTING.match(line):
+                collected += 1
+                if collected % COLLECTED_EVERY == 0:
+                    report.line(f"  {task}: {collected} packages resolved ({time.monotonic() - t0:.0f}s)")
+            elif m := INSTALLING.match(line):
+                count = len([p for p in m.group(1).split(",") if p.strip()])
+                report.line(f"  {task}: installing {count} packages ({time.monotonic() - t0:.0f}s)")
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        finish_helper(proc, ledger)
+    if rc != 0:
+        _raise_for_output(task, rc, "\n".join(tail))
+    report.line(f"  {task}: installed in {time.monotonic() - t0:.0f}s")
 
 
 def run_with_progress(argv: list[str], env: dict, report, task: str, percent: re.Pattern, ledger=None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 import sys
 from pathlib import Path
 from typing import Callable
@@ -120,12 +121,38 @@ class ConfigStep(Step):
 
 class DirStep(Step):
     """A directory farmhand owns (owner-only), recorded as `kind`: a backend's own model store
-    is recorded as "model", so `destroy` keeps it unless --purge-models, like the models."""
+    is recorded as "model", so `destroy` keeps it unless --purge-models, like the models. One that
+    is there but not farmhand's kind of directory (a link, another user's, open to others) is
+    refused, never used: a runtime's scratch may live in /tmp, where anyone can plant one."""
 
     def __init__(self, step_id: str, path: Path, kind: str = "model"):
         self.id, self.path, self.kind = step_id, path, kind
 
+    def _wrong(self) -> str | None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return "is a symbolic link"
+        if not stat.S_ISDIR(st.st_mode):
+            return "is not a directory"
+        if st.st_uid != os.geteuid():
+            return f"belongs to uid {st.st_uid}, not to this user"
+        if st.st_mode & 0o077:
+            return f"is open to others (mode {stat.S_IMODE(st.st_mode):o})"
+        return None
+
+    def preflight(self, ctx: Context) -> None:
+        wrong = self._wrong()
+        if wrong:
+            raise EnvironmentProblem(f"{self.path} {wrong}: farmhand will not use it; remove it (or make it yours "
+                                     "and owner-only) and re-run. Nothing was changed")
+
     def check(self, ctx: Context) -> Status:
+        wrong = self._wrong()
+        if wrong:
+            return Status(False, f"{self.path} {wrong}: refused")
         return Status(True, str(self.path)) if self.path.is_dir() else Status(False, f"will create {self.path}")
 
     def apply(self, ctx: Context) -> str:
@@ -133,6 +160,7 @@ class DirStep(Step):
         ensure_dir(self.path.parent, ctx.ledger, self.id)
         ctx.ledger.add_resource(self.kind, self.path, self.id)
         private_dir(self.path)
+        self.preflight(ctx)  # made by someone else between the check and mkdir: still refused
         return f"created {self.path}"
 
 
