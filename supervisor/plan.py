@@ -157,7 +157,11 @@ def _lay_out(paths: Paths, project_dir: Path, match: profiles.Match, matches: li
         existing = None  # the config step's preflight names the problem with file and line
     config_warnings = llamafarm.reference_warnings(entries, existing, config_path) + \
         llamafarm.literal_key_warnings(entries)
-    final = llamafarm.merged(existing or {}, llamafarm.yamlio.load_text(rendered, "template"), set(), None)
+    # The file as it will be (the user's other entries beside farmhand's), without parsing the render.
+    user = [m for m in ((existing or {}).get("runtime") or {}).get("models") or []
+            if isinstance(m, dict) and m.get("name") not in {e["name"] for e in entries}]
+    final = {"prompts": (existing or {}).get("prompts"),
+             "runtime": {"default_model": selection.default_role, "models": user + entries}}
     config_warnings += [f"{config_path}: {p}" for p in llamafarm.problems(final)
                         if not any(p.startswith(f"model {e['name']}: prompt set") for e in entries)]
     launcher = steps.LauncherStep(paths)
