@@ -14,6 +14,7 @@ found by its session id on the next start and reaped.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -164,18 +165,39 @@ def spawn(argv: list[str], env: dict[str, str], stdout) -> tuple[subprocess.Pope
     return popen, identity_of(popen.pid, token) or Identity(popen.pid, time.time(), popen.pid, "", token)
 
 
+def run_lines(argv: list[str], ledger, env: dict | None, on_line, keep: int = 60) -> tuple[int, list[str]]:
+    """Run a helper, handing each line of its output (stdout and stderr together) to
+    `on_line(line)` as it comes; returns its exit code and its last `keep` lines."""
+    tail: list[str] = []
+    proc = run_helper(argv, ledger, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    with _finished(proc, ledger):
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-keep:]
+            on_line(line)
+        rc = proc.wait()
+    return rc, tail
+
+
 def run_captured(argv: list[str], ledger=None, env: dict | None = None) -> tuple[int, str, str]:
     """Run a helper to completion: (exit code, stdout, stderr). Tracked when a ledger is given."""
     proc = run_helper(argv, ledger, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with _finished(proc, ledger):
         out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
+@contextlib.contextmanager
+def _finished(proc: subprocess.Popen, ledger):
+    """A helper is waited for and forgotten however its caller leaves: killed if it raised."""
+    try:
+        yield proc
     except BaseException:
         proc.kill()
         proc.wait()
         raise
     finally:
         finish_helper(proc, ledger)
-    return proc.returncode, out, err
 
 
 def run_helper(argv: list[str], ledger, *, env: dict | None = None, stdout=None, stderr=None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from ..bundle import Bundle, missing_build
 from ..errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from ..fsio import ensure_dir
 from ..paths import Paths, private_dir
-from ..process import finish_helper, run_captured, run_helper
+from ..process import run_captured, run_lines
 from .base import LIVE, Installer, InstallSpec, missing_tools, staged
 
 CMAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
@@ -194,27 +193,19 @@ def pip_with_progress(argv: list[str], env: dict, report, task: str, ledger=None
     """A pip install whose size is not known up front: a line each COLLECTED_EVERY packages it
     resolves, one when it starts installing them (with their count), one when it is done."""
     t0 = time.monotonic()
-    tail: list[str] = []
     collected = 0
-    proc = run_helper(argv, ledger, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            tail = (tail + [line.rstrip()])[-60:]
-            if COLLECTING.match(line):
-                collected += 1
-                if collected % COLLECTED_EVERY == 0:
-                    report.line(f"  {task}: {collected} packages resolved ({time.monotonic() - t0:.0f}s)")
-            elif m := INSTALLING.match(line):
-                count = len([p for p in m.group(1).split(",") if p.strip()])
-                report.line(f"  {task}: installing {count} packages ({time.monotonic() - t0:.0f}s)")
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        finish_helper(proc, ledger)
+
+    def seen(line: str) -> None:
+        nonlocal collected
+        if COLLECTING.match(line):
+            collected += 1
+            if collected % COLLECTED_EVERY == 0:
+                report.line(f"  {task}: {collected} packages resolved ({time.monotonic() - t0:.0f}s)")
+        elif m := INSTALLING.match(line):
+            count = len([p for p in m.group(1).split(",") if p.strip()])
+            report.line(f"  {task}: installing {count} packages ({time.monotonic() - t0:.0f}s)")
+
+    rc, tail = run_lines(argv, ledger, env, seen)
     if rc != 0:
         _raise_for_output(task, rc, "\n".join(tail))
     report.line(f"  {task}: installed in {time.monotonic() - t0:.0f}s")
@@ -224,22 +215,13 @@ def run_with_progress(argv: list[str], env: dict, report, task: str, percent: re
     """Run a long command, turning its '[ NN%]' lines into progress; return its output's tail.
 
     Raises FarmhandError with the tail when it fails."""
-    tail: list[str] = []
-    proc = run_helper(argv, ledger, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            tail = (tail + [line.rstrip()])[-40:]
-            m = percent.match(line)
-            if m:
-                report.progress(task, int(m.group(1)) / 100, m.group(2).strip())
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        finish_helper(proc, ledger)
+
+    def seen(line: str) -> None:
+        m = percent.match(line)
+        if m:
+            report.progress(task, int(m.group(1)) / 100, m.group(2).strip())
+
+    rc, tail = run_lines(argv, ledger, env, seen, keep=40)
     if rc != 0:
         if any("No space left on device" in line for line in tail):
             raise EnvironmentProblem(f"{task}: no space left on device; free some space and re-run")
