@@ -51,6 +51,7 @@ class Runtime:
         self.last_error: str | None = None
         self.next_start: float | None = None
         self.shm: set[str] = set()  # /dev/shm segments its processes were seen using (shm.py)
+        self.probe_token = ""  # its API key as resolved at spawn, for a readiness probe behind it
         self.log = RotatingLog(paths.runtime_log(self.name), spec.log_max_bytes, spec.log_backups)
 
     def transition(self, event: str) -> None:
@@ -270,6 +271,7 @@ class Supervisor:
             try:
                 env = {**inherited_env(os.environ), **{k: expand_env(v, os.environ) for k, v in rt.spec.env}}
                 argv = [expand_env(a, os.environ) for a in rt.spec.argv]
+                rt.probe_token = env.get(rt.spec.readiness_key_env, "") if rt.spec.readiness_key_env else ""
             except MissingSecret as missing:
                 rt.last_error = (f"{missing.var} is not set (or empty): refusing to start {rt.name} without its "
                                  "API key; set it in the supervisor's environment")
@@ -313,7 +315,7 @@ class Supervisor:
                 return
             t0 = time.monotonic()
             if probe_once(probe.hostname, probe.port, probe.path, rt.spec.readiness_expect,
-                          rt.spec.readiness_timeout_s, rt.spec.readiness_body):
+                          rt.spec.readiness_timeout_s, rt.spec.readiness_body, rt.probe_token):
                 self._note_shm(rt, popen)
                 now = time.monotonic()
                 self.events.put(("ready", rt, (gen, (now, time.time(), round((now - t0) * 1000, 2)))))
@@ -333,7 +335,7 @@ class Supervisor:
                     return  # stopped or restarted: another watcher owns the new process
                 answered = probe_once(live.hostname, live.port, live.path, 200 if spec.liveness_url else
                                       spec.readiness_expect, timeout=spec.liveness_timeout_s,
-                                      body="" if spec.liveness_url else spec.readiness_body)
+                                      body="" if spec.liveness_url else spec.readiness_body, token=rt.probe_token)
                 self.events.put(("live", rt, (gen, answered)))
                 self._note_shm(rt, popen)
                 continue

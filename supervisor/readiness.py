@@ -21,12 +21,14 @@ def next_probe_delay(delay: float, elapsed: float) -> float:
     return min(max(min(delay * PROBE_GROWTH, PROBE_MAX_DELAY), elapsed * PROBE_ELAPSED_FRACTION), PROBE_SLOW_CAP)
 
 
-def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.0, body: str = "") -> bool:
-    """GET `path` (POST `body` as JSON when there is one) answers `expect`."""
+def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.0, body: str = "",
+               token: str = "") -> bool:
+    """GET `path` (POST `body` as JSON when there is one, with `token` as its Bearer key) answers `expect`."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         if body:
-            conn.request("POST", path, body=body.encode(), headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+            conn.request("POST", path, body=body.encode(), headers=headers)
         else:
             conn.request("GET", path)
         return conn.getresponse().status == expect

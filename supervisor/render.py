@@ -87,6 +87,7 @@ class SpecRenderer:
                 name=rt.name, backend=rt.backend.name, argv=tuple(launch.argv), env=tuple(sorted(launch.env.items())),
                 port=rt.port, base_url=rt.url, readiness_url=probe.url,
                 readiness_expect=probe.expect, readiness_body=probe.body, readiness_timeout_s=probe.timeout_s,
+                readiness_key_env=probe.key_env,
                 liveness_url=probe.liveness_url, stop_signal=rt.backend.stop_signal,
                 grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
                 start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),

@@ -32,6 +32,9 @@ class RuntimeSpec:
     # /health answers before the engine can compute); liveness then probes liveness_url.
     readiness_body: str = ""
     readiness_timeout_s: float = 2.0
+    # The env var (of its own, resolved at spawn) whose value the readiness probe sends as a
+    # Bearer token: a completion behind the runtime's API key. Never written anywhere.
+    readiness_key_env: str = ""
     liveness_url: str = ""  # "" : the readiness URL
     base_url: str | None = None
     stop_signal: str = "SIGTERM"
@@ -55,7 +58,8 @@ class RuntimeSpec:
                 "port": self.port, "base_url": self.base_url,
                 "readiness": {"url": self.readiness_url, "expect": self.readiness_expect,
                               **({"body": self.readiness_body, "timeout_s": self.readiness_timeout_s}
-                                 if self.readiness_body else {})},
+                                 if self.readiness_body else {}),
+                              **({"key_env": self.readiness_key_env} if self.readiness_key_env else {})},
                 "stop_signal": self.stop_signal, "grace_s": self.grace_s, "start_timeout_s": self.start_timeout_s,
                 "restart": self.restart.to_json(),
                 "liveness": {"interval_s": self.liveness_interval_s, "timeout_s": self.liveness_timeout_s,
@@ -71,6 +75,7 @@ class RuntimeSpec:
                    readiness_expect=data["readiness"].get("expect", 200),
                    readiness_body=data["readiness"].get("body", ""),
                    readiness_timeout_s=float(data["readiness"].get("timeout_s", cls.readiness_timeout_s)),
+                   readiness_key_env=data["readiness"].get("key_env", ""),
                    liveness_url=(data.get("liveness") or {}).get("url", ""),
                    stop_signal=data.get("stop_signal", "SIGTERM"), grace_s=float(data.get("grace_s", cls.grace_s)),
                    start_timeout_s=float(data.get("start_timeout_s", cls.start_timeout_s)),

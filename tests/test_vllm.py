@@ -265,3 +265,43 @@ def test_the_cpu_launch_is_eager_single_process_with_the_plans_kv_space_and_its_
     assert spec.readiness_url.endswith("/v1/completions") and '"max_tokens": 1' in spec.readiness_body
     assert spec.liveness_url.endswith("/health")
     assert "scratch:vllm-cpu" in {s.id for s in plan.steps}
+
+
+def test_a_cpu_runtime_behind_a_key_is_probed_with_it(tmp_path):
+    """vLLM's /v1 routes need its key when it has one: the readiness completion carries the key
+    the supervisor resolved at spawn (the spec names only the variable)."""
+    import http.server
+    import threading
+
+    from supervisor.readiness import probe_once
+
+    overrides = {"deployment": {"runtimes": {"vllm-cpu": {"backend": "vllm", "variant": "cpu",
+                                                          "api_key_env": "VLLM_KEY_FOR_TEST"}},
+                                "roles": {"default": {"use": [{"model": "gemma-hf", "runtime": "vllm-cpu"}]}}},
+                 "models": {"gemma-hf": {"size_bytes": 536 * 10**6, "memory_gib": 6, "ctx_size": 2048,
+                                         "sources": ["hf://acme/gemma-3-270m-hf"]}}}
+    plan = build(tmp_path, host(32, tools=ALL_TOOLS), overrides=overrides)
+    (spec,) = plan.renderer.render().runtimes
+    assert spec.readiness_key_env == "VLLM_API_KEY" and dict(spec.env)["VLLM_API_KEY"] == "${env:VLLM_KEY_FOR_TEST}"
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200 if self.headers.get("Authorization") == "Bearer s3cret" else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert not probe_once("127.0.0.1", port, "/v1/completions", 200, 5, spec.readiness_body), "no key: 401"
+        assert probe_once("127.0.0.1", port, "/v1/completions", 200, 5, spec.readiness_body, "s3cret")
+        assert seen == [None, "Bearer s3cret"]
+    finally:
+        server.shutdown()

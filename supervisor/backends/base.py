@@ -102,6 +102,7 @@ class ReadinessProbe:
     body: str = ""
     timeout_s: float = 2.0
     liveness_url: str = ""
+    key_env: str = ""  # the runtime's env var holding its API key, sent as a Bearer token with `body`
 
 
 @dataclass(frozen=True)

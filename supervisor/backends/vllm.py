@@ -188,7 +188,8 @@ class Vllm(Backend):
         base = f"http://{client_host(request.host)}:{request.port}"
         body = json.dumps({"model": self.model_id(request.models[0]), "prompt": "1, 2, 3,", "max_tokens": 1,
                            "temperature": 0})
-        return ReadinessProbe(f"{base}/v1/completions", 200, body, timeout_s=30.0, liveness_url=f"{base}/health")
+        return ReadinessProbe(f"{base}/v1/completions", 200, body, timeout_s=30.0, liveness_url=f"{base}/health",
+                              key_env="VLLM_API_KEY" if request.decl.api_key_env else "")
 
     def launch(self, request: LaunchRequest) -> Launch:
         (served,) = request.models
