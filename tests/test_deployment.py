@@ -294,3 +294,21 @@ def test_the_llamafarm_entry_names_the_address_the_runtime_listens_on(bind, reac
     (entry,) = plan.entries
     assert entry["base_url"] == f"http://{reached}:11550/v1"
     assert f"({reached}:11550)" in entry["description"], entry["description"]
+
+
+def test_the_spec_is_built_once_per_change_of_what_it_is_built_from(tmp_path, gemma_header):
+    """Every step that reads runtimes.json asks the renderer; it builds the spec once, and again
+    only when an input changed (here: the model's GGUF header, first unknown, then read)."""
+    headers = {"now": None}
+    gemma = {"deployment": {"roles": {"default": {"use": [{"model": "gemma3-270m", "runtime": "llama-server"}]}}}}
+    plan = build(tmp_path, host(16), overrides=gemma,
+                 oracle_=oracle(header=lambda model: headers["now"] and headers["now"](model), facts=host(16)))
+    first = plan.renderer.render()
+    assert plan.renderer.text() == first.text() and plan.renderer.render() is first
+    assert plan.renderer.renders == 1, plan.renderer.renders
+    assert "--chat-template" not in first.runtimes[0].argv  # no header yet: the file's own template
+    headers["now"] = gemma_header
+    second = plan.renderer.render()
+    assert plan.renderer.renders == 2 and second is not first
+    assert "--chat-template" in second.runtimes[0].argv  # the header says: no template, use gemma's
+    assert plan.selection.runtimes["llama-server"].models[0].info is None, "the selection is not modified"
