@@ -34,13 +34,16 @@ from dataclasses import dataclass, field
 
 from . import sources
 from .errors import BadInput
-from .ports import LLAMAFARM_PORT, LOOPBACK
+from .ports import GATEWAY as GATEWAY_RUNTIME
+from .ports import LLAMAFARM_PORT, LOOPBACK, SUPERVISOR
 
 ROLE_FIELDS = ("description", "prompts", "model_api_parameters", "mcp_servers", "instructor_mode", "extra_body",
                "tool_call_strategy", "tools", "keep_loaded", "encoder_config")
-RESERVED_RUNTIME_NAMES = {"supervisor": "the supervisor's own log and records"}
+RESERVED_RUNTIME_NAMES = {SUPERVISOR: "the supervisor's own log and records",
+                          GATEWAY_RUNTIME: "the gateway (deployment.gateway) in front of the runtimes"}
 LLAMAFARM_ORIGIN = f"http://{LOOPBACK}:{LLAMAFARM_PORT}"  # LlamaFarm's own server: the one origin allowed by default
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+ROUTER_MODELS_MAX = 4  # llama-server's own default for --models-max
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class RuntimeDecl:
     api_key_env: str | None = None
     host: str = LOOPBACK  # where it listens; beyond loopback only with an API key, and `plan` warns
     cors_origins: tuple[str, ...] = (LLAMAFARM_ORIGIN,)
+    router: bool = False  # one process serving each role by name, at most models_max loaded at once
+    models_max: int = ROUTER_MODELS_MAX
 
     @property
     def exposed(self) -> bool:
@@ -145,6 +150,16 @@ class RemoteDecl:
 
 
 @dataclass(frozen=True)
+class GatewayDecl:
+    """`deployment.gateway`: one endpoint in front of every role (LiteLLM's proxy). Each role's
+    candidates after the one chosen become its fallbacks, then the roles or remote models
+    `fallbacks` adds; llamafarm.yaml then points every role at the gateway and holds no key."""
+
+    runtime: RuntimeDecl  # named GATEWAY_RUNTIME; its api_key_env is the gateway's master key
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # role -> roles / remote models after its own
+
+
+@dataclass(frozen=True)
 class DeploymentDecl:
     profile: str
     runtimes: dict[str, RuntimeDecl]
@@ -153,6 +168,7 @@ class DeploymentDecl:
     models: dict[str, ModelSpec]
     default_role: str
     memory: dict = field(default_factory=dict, compare=False)
+    gateway: GatewayDecl | None = None
 
     def ordered_roles(self) -> list[RoleDecl]:
         """The default role first (it gets memory first), then the others as declared."""

@@ -32,3 +32,16 @@ def health(paths: Paths, timeout: float = 2.0) -> dict | None:
     """/health by the record alone (None: no record, a damaged one, or no answer)."""
     record, _ = read_supervisor(paths)
     return ask(record, timeout) if record is not None else None
+
+
+def get_json(url_host: str, port: int, path: str, timeout: float = 2.0) -> dict | None:
+    """GET a JSON document from a runtime on this machine (None: no answer or not JSON)."""
+    conn = http.client.HTTPConnection(client_host(url_host), port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return json.loads(resp.read()) if resp.status == 200 else None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()

@@ -203,8 +203,12 @@ def sweep_temporaries(paths: Paths, projects: list[str] = ()) -> list[Path]:
     removed = []
     for project in projects:
         removed += projectfs.remove_temporaries(Path(project))
-    # Not the state directory: the supervisor (which takes no home lock) writes there.
-    for root in (paths.models, paths.backends, paths.downloads, paths.wheelhouse, paths.cache, paths.tmp):
+    # Not the state directory: the supervisor (which takes no home lock) writes there. Not a
+    # wheelhouse outside the home (FARMHAND_WHEELHOUSE, shared by several homes): a build of
+    # another home may be writing its temporary there now.
+    own = [root.resolve() for root in paths.roots()]
+    wheelhouse = [paths.wheelhouse] if any(paths.wheelhouse.resolve().is_relative_to(r) for r in own) else []
+    for root in (paths.models, paths.backends, paths.downloads, *wheelhouse, paths.cache, paths.tmp):
         if not root.is_dir():
             continue
         for pattern in TEMPORARY:

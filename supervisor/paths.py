@@ -91,6 +91,10 @@ class Paths:
     def runtime_log(self, runtime: str) -> Path:
         return self.logs / f"{runtime}.log"
 
+    def runtime_file(self, runtime: str, name: str) -> Path:
+        """A file a runtime reads that the plan writes (a gateway's config, a router's presets)."""
+        return self.state / "runtime-files" / runtime / name
+
     def backend_store(self, backend: str) -> Path:
         """A backend's own model store (Ollama's, Lemonade's), inside farmhand's."""
         return self.models / backend

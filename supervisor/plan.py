@@ -62,7 +62,7 @@ class Plan:
                         "why": self.match.summary(), "source": self.profile.get("_source")},
             "fell_back_from": self.fallbacks,
             "default_role": sel.default_role,
-            "roles": [_role_json(b, sel) for b in sel.roles],
+            "roles": [_role_record(b, sel) for b in sel.roles],
             "dropped_roles": sel.dropped,
             "skipped": sel.skipped,
             "runtimes": [{
@@ -104,9 +104,18 @@ def _role_json(b, sel: Selection) -> dict:
         return {"role": b.role, "remote": r.name, "provider": r.provider, "model": r.model, "url": r.base_url,
                 "api_key_env": r.api_key_env, "note": b.note}
     rt = sel.runtimes[b.runtime]
-    served = next(m for m in rt.models if m.model.name == b.model)
+    served = next(m for m in rt.models if b.role in m.roles)
     return {"role": b.role, "runtime": rt.name, "backend": rt.backend.name, "model": b.model,
-            "model_id": rt.backend.model_id(served), "url": rt.url, "managed": rt.managed, "note": b.note}
+            "model_id": rt.model_id(served), "url": rt.url, "managed": rt.managed, "note": b.note}
+
+
+def _role_record(b, sel: Selection) -> dict:
+    """A role as plan and status show it: how it is served, and through which gateway."""
+    record = _role_json(b, sel)
+    if sel.gateway:
+        route = next(r for r in sel.routes if r.name == b.role)
+        record |= {"gateway": sel.runtimes[sel.gateway].url, "fallbacks": [u.label for u in route.upstreams[1:]]}
+    return record
 
 
 def build(paths: Paths, facts: dict, ledger: Ledger, *, project_dir: Path, profile_name: str | None = None,
@@ -183,6 +192,11 @@ def _lay_out(paths: Paths, project_dir: Path, match: profiles.Match, matches: li
     plan_steps += stores
     plan_steps += [steps.DirStep(stepids.scratch(rt.name), paths.runtime_scratch(rt.name), kind="dir")
                    for rt in selection.runtimes.values() if rt.decl.variant in rt.backend.scratch_variants and rt.managed]
+    for rt in selection.runtimes.values():  # what a runtime reads that the plan writes (a gateway's config)
+        if rt.managed:
+            for path in renderer.files(rt):
+                plan_steps.append(steps.FileStep(stepids.runtime_file(rt.name, path.name), lambda p, path=path: path,
+                                                 lambda rt=rt, path=path: renderer.files(rt)[path], 0o600))
     before_specs = tuple(s.id for s in plan_steps)
     plan_steps.append(steps.FileStep("spec:runtimes.json", lambda p: p.runtimes, renderer.text, 0o600, before_specs))
     plan_steps.append(steps.FileStep("state:deployment.json", lambda p: p.deployment,
@@ -230,14 +244,23 @@ def llamafarm_entries(selection: Selection) -> list[dict]:
                 entry["api_key"] = env_ref(r.api_key_env)
         else:
             rt = selection.runtimes[b.runtime]
-            served = next(m for m in rt.models if m.model.name == b.model)
+            served = next(m for m in rt.models if b.role in m.roles)
             entry = {"name": b.role,
                      "description": f"{b.model} on {rt.name} ({urlparse(rt.url).netloc}), managed by farmhand",
-                     "provider": rt.backend.provider, "model": rt.backend.model_id(served),
+                     "provider": rt.backend.provider, "model": rt.model_id(served),
                      "base_url": rt.url}
             cap = served.max_tokens(b.role)
             if rt.decl.api_key_env:
                 entry["api_key"] = env_ref(rt.decl.api_key_env)
+        if selection.gateway:  # LlamaFarm calls the gateway by the role's name; the gateway holds the keys
+            gw = selection.runtimes[selection.gateway]
+            route = next(r for r in selection.routes if r.name == b.role)
+            entry = {"name": b.role, "description": f"{' -> '.join(u.label for u in route.upstreams)}, through the "
+                                                    f"gateway ({urlparse(gw.url).netloc}), managed by farmhand",
+                     "provider": gw.backend.provider, "model": b.role, "base_url": gw.url}
+            if gw.decl.api_key_env:
+                entry["api_key"] = env_ref(gw.decl.api_key_env)
+            cap = route.max_tokens
         entry["default"] = b.role == selection.default_role
         entry |= b.llamafarm
         # Every request LlamaFarm sends is bounded (its config's max_tokens wins over the request's).
@@ -248,7 +271,7 @@ def llamafarm_entries(selection: Selection) -> list[dict]:
 
 def deployment_record(profile: dict, selection: Selection, decl: DeploymentDecl) -> dict:
     """What `farmhand status` shows besides the supervisor's view: every role, local and remote."""
-    roles = [{k: v for k, v in _role_json(b, selection).items() if k != "note"} for b in selection.roles]
+    roles = [{k: v for k, v in _role_record(b, selection).items() if k != "note"} for b in selection.roles]
     return {"profile": profile["name"], "default_role": selection.default_role, "roles": roles,
             "dropped_roles": selection.dropped}
 

@@ -18,6 +18,7 @@ from .errors import BadInput, Conflict
 
 LOOPBACK = "127.0.0.1"  # where everything farmhand starts listens unless told otherwise
 SUPERVISOR = "supervisor"
+GATEWAY = "gateway"  # the runtime name a declared gateway (deployment.gateway) runs under
 SUPERVISOR_DEFAULT_PORT = 11545
 LLAMAFARM_PORT = 8000  # LlamaFarm's own server
 RESERVED = {LLAMAFARM_PORT: "LlamaFarm's own server", 11540: "LlamaFarm's universal runtime"}

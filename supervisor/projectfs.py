@@ -15,7 +15,6 @@ import errno
 import grp
 import os
 import pwd
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -130,7 +129,7 @@ def write_config(path: Path, text: str, *, backup: bool, mode: int = 0o644) -> P
         made_backup = None
         if backup and existing is not None:
             made_backup = _new_backup(path.name, dfd, *existing)
-        tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = f".{path.name}.{os.urandom(6).hex()}.tmp"
         try:
             _create(tmp, dfd, text.encode(), existing[1] if existing else mode)
             try:

@@ -63,13 +63,25 @@ class SpecRenderer:
         return [self._binary(rt)] + [store.store_path(self.paths.models, m.model) for m in rt.models
                                      if m.via_store and not rt.backend.own_store]
 
+    def request(self, rt: RuntimePlan) -> LaunchRequest:
+        """What `rt`'s backend is told, from the selection and what is on disk now."""
+        routes = self.selection.routes if rt.backend.gateway else ()
+        return LaunchRequest(rt.name, rt.decl, str(self._binary(rt)), rt.port,
+                             tuple(self.launch_model(m) for m in rt.models), tuple(rt.devices), rt.placement,
+                             gpu_share(rt), self.paths, sources.mirrors(), routes)
+
+    def files(self, rt: RuntimePlan) -> dict[Path, str]:
+        """The files `rt` reads that the plan writes (path -> text)."""
+        return rt.backend.files(self.request(rt))
+
     def render(self) -> SupervisorSpec:
         managed = [rt for rt in self.selection.runtimes.values() if rt.managed]
-        models = {rt.name: tuple(self.launch_model(m) for m in rt.models) for rt in self.selection.runtimes.values()}
-        identities = {rt.name: _identity(self._files(rt)) for rt in managed}
-        mirrors = sources.mirrors()
-        key = memo.digest(repr(mirrors), [[rt.name, identities[rt.name], [repr(m.info) for m in models[rt.name]]]
-                                          for rt in managed])
+        requests = {rt.name: self.request(rt) for rt in managed}
+        # What the process reads at start: a change of any of it is a restart.
+        identities = {rt.name: _identity(self._files(rt), rt.backend.files(requests[rt.name])) for rt in managed}
+        key = memo.digest(repr(sources.mirrors()), [[rt.name, identities[rt.name],
+                                                     [repr(m.info) for m in requests[rt.name].models]]
+                                                    for rt in managed])
         if key == self._key and self._spec is not None:
             return self._spec
         out = []
@@ -78,8 +90,7 @@ class SpecRenderer:
                               ("window_s", self.settings.get("failure_window_s"))) if v})
         notes: dict[str, list[str]] = {}
         for rt in managed:
-            request = LaunchRequest(rt.name, rt.decl, str(self._binary(rt)), rt.port, models[rt.name],
-                                    tuple(rt.devices), rt.placement, gpu_share(rt), self.paths, mirrors)
+            request = requests[rt.name]
             launch = rt.backend.launch(request)
             notes[rt.name] = list(launch.notes)
             probe = rt.backend.readiness(request)
@@ -88,14 +99,15 @@ class SpecRenderer:
                 port=rt.port, base_url=rt.url, readiness_url=probe.url,
                 readiness_expect=probe.expect, readiness_body=probe.body, readiness_timeout_s=probe.timeout_s,
                 readiness_key_env=probe.key_env,
-                liveness_url=probe.liveness_url, stop_signal=rt.backend.stop_signal,
+                liveness_url=probe.liveness_url, models_url=rt.backend.models_url(request),
+                stop_signal=rt.backend.stop_signal,
                 grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
                 start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),
                 restart=restart,
                 liveness_interval_s=float(self.settings.get("liveness_interval_s", RuntimeSpec.liveness_interval_s)),
                 liveness_timeout_s=float(self.settings.get("liveness_timeout_s", RuntimeSpec.liveness_timeout_s)),
                 liveness_misses=int(self.settings.get("liveness_misses", RuntimeSpec.liveness_misses)),
-                models=tuple(rt.backend.model_id(m) for m in rt.models),
+                models=tuple(rt.model_id(m) for m in rt.models),
                 devices=tuple(d.id for d in rt.devices), identity=identities[rt.name]))
         self.notes = notes
         self._key, self._spec = key, SupervisorSpec(tuple(out), LOOPBACK, self.supervisor_port)
@@ -106,10 +118,11 @@ class SpecRenderer:
         return self.render().text()
 
 
-def _identity(files: list[Path]) -> str:
-    """A digest of the files' fingerprints (a missing file counts as missing)."""
+def _identity(files: list[Path], written: dict[Path, str] | None = None) -> str:
+    """A digest of the files' fingerprints (a missing file counts as missing) and of the text of
+    the files the plan writes for the runtime."""
 
-    prints = []
+    prints: list = [[str(path), memo.digest(text)] for path, text in sorted((written or {}).items())]
     for path in files:
         try:
             fp = file_fingerprint(path)

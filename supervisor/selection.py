@@ -11,7 +11,9 @@ run here wins:
 Every candidate passed over keeps its reason, so `plan` can say why it fell back. A role
 with no candidate left is dropped with its reasons; the default role cannot be dropped: the
 plan is refused with the per-device sums. A runtime no role chose is not installed or started.
-Last, every runtime in use and the supervisor get their port (PortAsk says what was asked).
+A declared gateway is one more runtime (no model, no memory); each role's route through it
+is its chosen candidate, then the later ones served here. Last, every runtime in use and the
+supervisor get their port (PortAsk says what was asked).
 
 Nothing here touches the host: what the world says (is a source reachable, what does a GGUF
 header hold, can this be installed, is a key's variable set, may a port be used) comes through
@@ -27,8 +29,9 @@ from typing import Callable
 
 from . import ports, sources
 from .backends import Backend, get_backend
-from .backends.base import RunningServer
+from .backends.base import Route, RunningServer, Upstream
 from .deployment import (
+    REMOTE_MAX_TOKENS,
     Candidate,
     DeploymentDecl,
     ModelSpec,
@@ -139,6 +142,10 @@ class RuntimePlan:
     def devices(self) -> list[Device]:
         return [self.pool.device(d) for d in self.placement.devices] if self.placement else []
 
+    def model_id(self, served: ServedModel) -> str:
+        """The model name clients send for `served`: a router's models are named by their role."""
+        return served.roles[0] if self.decl.router else self.backend.model_id(served)
+
     def used_on(self, device_id: str) -> int:
         labels = {m.model.name for m in self.models}
         return sum(i.estimate.total for i in self.pool.items.get(device_id, []) if i.label in labels)
@@ -175,6 +182,8 @@ class Selection:
     supervisor_port: int = 0
     port_sources: dict[str, str] = field(default_factory=dict)  # runtime (or supervisor) -> where its port was asked
     asked_ports: dict[str, str] = field(default_factory=dict)  # runtime -> the --port that chose it
+    gateway: str | None = None  # the runtime every role is reached through (deployment.gateway)
+    routes: tuple[Route, ...] = ()  # the gateway's: each role, its deployment, then its fallbacks
 
     def binding(self, role: str) -> RoleBinding:
         return next(b for b in self.roles if b.role == role)
@@ -190,7 +199,7 @@ class Selection:
             if b.remote:
                 pins[b.role] = {"remote": b.remote.name}
                 continue
-            served = next(m for m in self.runtimes[b.runtime].models if m.model.name == b.model)
+            served = next(m for m in self.runtimes[b.runtime].models if b.role in m.roles)
             source = served.source if served.source not in ("kept",) else served.pinned_source
             pins[b.role] = {"runtime": b.runtime, "model": b.model, "source": source}
         return pins
@@ -217,7 +226,7 @@ def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, 
                 remote = decl.remote[cand.remote]
                 bindings[role.name] = RoleBinding(role.name, None, None, remote, role.llamafarm,
                                                   _note(index, len(role.use)))
-                if remote.api_key_env and not oracle.is_set(remote.api_key_env):
+                if remote.api_key_env and not oracle.is_set(remote.api_key_env) and not decl.gateway:
                     warnings.append(f"role {role.name}: {remote.api_key_env} is not set; LlamaFarm cannot call "
                                     f"{remote.model} at {remote.base_url or remote.provider} until it is")
                 break
@@ -241,11 +250,86 @@ def select(decl: DeploymentDecl, facts: dict, oracle: Oracle, pinned: dict[str, 
     runtimes = {n: used[n] for n in decl.runtimes if n in used}
     roles = [bindings[r] for r in declared_order]
     default_binding = next(b for b in roles if b.role == decl.default_role)
+    if decl.gateway:
+        runtimes[decl.gateway.runtime.name] = _gateway_plan(decl, facts, oracle, pool)
     sup_port, port_sources, asked = assign_ports(runtimes, default_binding.runtime, ask or PortAsk(), warnings)
+    routes = gateway_routes(decl, roles, runtimes, oracle.is_set, warnings) if decl.gateway else ()
     return Selection(
         profile=decl.profile, runtimes=runtimes, roles=roles, default_role=decl.default_role, dropped=dropped,
         skipped=skipped, unused_runtimes=[n for n in decl.runtimes if n not in used], pool=pool, warnings=warnings,
-        supervisor_port=sup_port, port_sources=port_sources, asked_ports=asked)
+        supervisor_port=sup_port, port_sources=port_sources, asked_ports=asked,
+        gateway=decl.gateway.runtime.name if decl.gateway else None, routes=routes)
+
+
+def _gateway_plan(decl: DeploymentDecl, facts: dict, oracle: Oracle, pool: DevicePool) -> RuntimePlan:
+    """The gateway asked for runs, or the plan is refused: LlamaFarm would be pointed at it."""
+    gw = decl.gateway.runtime
+    backend = get_backend(gw.backend)
+    install = backend.install_spec(gw, facts)
+    problem = oracle.install_problem(install)
+    if problem:
+        raise PlanRefused(f"profile {decl.profile}: deployment.gateway ({backend.name}) cannot be installed here: "
+                          f"{problem}")
+    return RuntimePlan(gw, backend, install, pool)
+
+
+def _upstreams(decl: DeploymentDecl, role: RoleDecl, binding: RoleBinding,
+               runtimes: dict[str, RuntimePlan]) -> list[Upstream]:
+    """A role's own chain: the candidate it got, then each later one that is served on this host
+    (a remote model, or a model a runtime in the plan serves for another role)."""
+    chain: list[Upstream] = []
+    chosen = next((i for i, c in enumerate(role.use) if (binding.remote and c.remote == binding.remote.name) or (
+        c.model == binding.model and c.runtime == binding.runtime)), 0)
+    for cand in role.use[chosen:]:
+        if cand.remote:
+            chain.append(remote_upstream(decl.remote[cand.remote]))
+            continue
+        rt = runtimes.get(cand.runtime)
+        served = next((m for m in rt.models if m.model.name == cand.model and binding.role in m.roles),
+                      next((m for m in rt.models if m.model.name == cand.model), None)) if rt else None
+        if served is not None:
+            chain.append(Upstream(f"{cand.model} on {rt.name}", rt.model_id(served),
+                                  rt.backend.openai_url(rt.port, rt.decl.host), rt.decl.api_key_env))
+    return chain
+
+
+def remote_upstream(remote: RemoteDecl) -> Upstream:
+    """A remote model as a gateway calls it (OpenAI's API at its provider's base URL)."""
+    base = remote.base_url or ("https://api.openai.com/v1" if remote.provider == "openai" else "")
+    if remote.provider == "ollama" and base:  # LlamaFarm's ollama provider is given the server's root
+        base = base.rstrip("/") + "/v1"
+    return Upstream(f"remote {remote.name}", remote.model, base, remote.api_key_env)
+
+
+def gateway_routes(decl: DeploymentDecl, roles: list[RoleBinding], runtimes: dict[str, RuntimePlan],
+                   is_set: Callable[[str], bool], warnings: list[str]) -> tuple[Route, ...]:
+    """Each served role as the gateway routes it: its own chain, then what `fallbacks` adds (a
+    role's chain in turn, or a remote model), each upstream once. An upstream whose key variable
+    is not set is left out (the gateway would refuse to start without it, for every role)."""
+    bindings = {b.role: b for b in roles}
+    own = {b.role: _upstreams(decl, decl.roles[b.role], b, runtimes) for b in roles}
+    routes = []
+    for b in roles:
+        chain = list(own[b.role])
+        for target in decl.gateway.fallbacks.get(b.role, ()):
+            if target in bindings:
+                chain += own[target]
+            elif target in decl.remote:
+                chain.append(remote_upstream(decl.remote[target]))
+        unique = []
+        for up in dict.fromkeys(chain):
+            if up.api_key_env and not is_set(up.api_key_env):
+                warnings.append(f"role {b.role}: {up.label} is left out of the gateway: {up.api_key_env} is not set "
+                                "(set it and apply again)")
+            else:
+                unique.append(up)
+        if b.remote:
+            cap = decl.roles[b.role].declared_max_tokens or REMOTE_MAX_TOKENS
+        else:
+            served = next(m for m in runtimes[b.runtime].models if b.role in m.roles)
+            cap = served.max_tokens(b.role)
+        routes.append(Route(b.role, tuple(unique), cap))
+    return tuple(routes)
 
 
 def assign_ports(runtimes: dict[str, RuntimePlan], default_runtime: str | None, ask: PortAsk,
@@ -290,6 +374,16 @@ def assign_ports(runtimes: dict[str, RuntimePlan], default_runtime: str | None, 
     return assigned[ports.SUPERVISOR], sources_, asked
 
 
+def _router_need(plan: RuntimePlan, need: Estimate, models_max: int) -> Estimate:
+    """What one more model adds to a router's memory: the sum of its models_max largest models
+    with it, less that sum without it (nothing when it is smaller than every resident one)."""
+    totals = sorted((m.estimate.total for m in plan.models), reverse=True)
+    before = sum(totals[:models_max])
+    after = sum(sorted([*totals, need.total], reverse=True)[:models_max])
+    grown = after - before
+    return need if grown >= need.total else need.scaled(grown / need.total if need.total else 0)
+
+
 def _pinned_candidate(role: RoleDecl, pin: dict | None) -> Candidate | None:
     if not pin:
         return None
@@ -330,8 +424,10 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
             if problem:
                 return f"cannot be installed here: {problem}"
         plan = RuntimePlan(rt_decl, backend, install, pool, external=running)
-    existing = next((m for m in plan.models if m.model.name == model.name), None)
-    if existing is None and backend.models_per_process and len(plan.models) >= backend.models_per_process:
+    # A router serves each role as a model of its own (its own name and context), sharing nothing.
+    existing = None if rt_decl.router else next((m for m in plan.models if m.model.name == model.name), None)
+    if existing is None and backend.models_per_process and len(plan.models) >= backend.models_per_process \
+            and not rt_decl.router:
         served = ", ".join(m.model.name for m in plan.models)
         return (f"{backend.name} serves {backend.models_per_process} model per process and {rt_decl.name} already "
                 f"serves {served}; declare another runtime for it")
@@ -355,6 +451,8 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
         existing.embeddings = existing.embeddings or role.embeddings
         return None
     need = estimate(model, info, ctx)
+    if rt_decl.router:  # memory for the models_max largest resident at once, not for all of them
+        need = _router_need(plan, need, rt_decl.models_max)
     if plan.placement is None:
         placement = pool.place(rt_decl.variant, rt_decl.gpus, backend.split, need)
         if isinstance(placement, str):
@@ -365,7 +463,7 @@ def _try_local(decl: DeploymentDecl, facts: dict, role: RoleDecl, cand: Candidat
             return pool.no_room(list(placement.devices), need)
     pool.commit(placement, model.name, need)
     plan.placement = placement
-    plan.models.append(ServedModel(model, [role.name], ctx, need, source, info, kept or "", role.embeddings,
-                                   {role.name: role.declared_max_tokens}))
+    plan.models.append(ServedModel(model, [role.name], ctx, estimate(model, info, ctx), source, info, kept or "",
+                                   role.embeddings, {role.name: role.declared_max_tokens}))
     plans[rt_decl.name] = plan
     return None

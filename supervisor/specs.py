@@ -36,6 +36,7 @@ class RuntimeSpec:
     # Bearer token: a completion behind the runtime's API key. Never written anywhere.
     readiness_key_env: str = ""
     liveness_url: str = ""  # "" : the readiness URL
+    models_url: str = ""  # a router's GET /models: which of its models are loaded now (status shows it)
     base_url: str | None = None
     stop_signal: str = "SIGTERM"
     grace_s: float = 10.0
@@ -65,6 +66,7 @@ class RuntimeSpec:
                 "liveness": {"interval_s": self.liveness_interval_s, "timeout_s": self.liveness_timeout_s,
                              "misses": self.liveness_misses, **({"url": self.liveness_url} if self.liveness_url else {})},
                 "models": list(self.models), "devices": list(self.devices),
+                **({"models_url": self.models_url} if self.models_url else {}),
                 "identity": self.identity, "log_max_bytes": self.log_max_bytes, "log_backups": self.log_backups}
 
     @classmethod
@@ -83,7 +85,7 @@ class RuntimeSpec:
                    liveness_interval_s=float((data.get("liveness") or {}).get("interval_s", cls.liveness_interval_s)),
                    liveness_timeout_s=float((data.get("liveness") or {}).get("timeout_s", cls.liveness_timeout_s)),
                    liveness_misses=int((data.get("liveness") or {}).get("misses", cls.liveness_misses)),
-                   models=tuple(data.get("models") or ()),
+                   models=tuple(data.get("models") or ()), models_url=data.get("models_url", ""),
                    devices=tuple(data.get("devices") or ()), identity=data.get("identity", ""),
                    log_max_bytes=int(data.get("log_max_bytes", LOG_MAX_BYTES)),
                    log_backups=int(data.get("log_backups", LOG_BACKUPS)))

@@ -8,9 +8,11 @@ the backends load only for a role served by a server farmhand uses but does not 
 from __future__ import annotations
 
 import os
+from urllib.parse import urlparse
 
 from . import endpoint, statefiles
 from .paths import Paths
+from .ports import GATEWAY as GATEWAY_RUNTIME
 
 
 def status_body(paths: Paths) -> dict:
@@ -28,12 +30,17 @@ def status_body(paths: Paths) -> dict:
             {"name": r.name, "backend": r.backend, "state": state, "pid": None, "port": r.port,
              "uptime_s": 0, "restarts": 0, "last_probe_ms": None, "models": list(r.models),
              "devices": list(r.devices), "last_error": None} for r in (specs.runtimes if specs else ())]}
+    _router_models(paths, body)
     record = statefiles.read_deployment(paths)
     states = {r["name"]: r["state"] for r in body["runtimes"]}
     body["roles"], body["warnings"] = [], []
     for role in record.get("roles", []):
         entry = dict(role, default=role["role"] == record.get("default_role"))
-        if role.get("runtime") and role.get("managed") is False:  # a server farmhand uses, not runs
+        if role.get("gateway") and states.get(GATEWAY_RUNTIME) != "ready":  # LlamaFarm calls the gateway
+            entry["state"] = f"gateway {states.get(GATEWAY_RUNTIME, 'unknown')}"
+        elif role.get("gateway") and not role.get("runtime"):  # the key is the gateway's, not this shell's
+            entry["state"] = "remote (through the gateway)"
+        elif role.get("runtime") and role.get("managed") is False:  # a server farmhand uses, not runs
             entry["state"] = _external_state(role, body)
         elif role.get("runtime"):
             entry["state"] = states.get(role["runtime"], "unknown")
@@ -46,6 +53,20 @@ def status_body(paths: Paths) -> dict:
                                         f"cannot call {role['model']} without it")
         body["roles"].append(entry)
     return body
+
+
+def _router_models(paths: Paths, body: dict) -> None:
+    """A router's runtime entry gains `loaded`: which of its models are in memory now (its GET /models)."""
+    specs = statefiles.read_specs_or_none(paths)
+    routers = {r.name: r.models_url for r in (specs.runtimes if specs else ()) if r.models_url}
+    for entry in body["runtimes"]:
+        url = routers.get(entry["name"])
+        if not url or entry.get("state") != "ready":
+            continue
+        where = urlparse(url)
+        listing = endpoint.get_json(where.hostname, where.port, where.path)
+        entry["loaded"] = sorted(m["id"] for m in (listing or {}).get("data", [])
+                                 if (m.get("status") or {}).get("value") == "loaded")
 
 
 def _external_state(role: dict, body: dict) -> str:

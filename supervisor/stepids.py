@@ -10,6 +10,7 @@ IMPORT = "import"
 LOAD = "load"
 RUNTIME_UP = "runtime:up"
 SCRATCH = "scratch"
+RUNTIME_FILE = "runtime-file"
 
 
 def model(name: str) -> str:
@@ -30,6 +31,11 @@ def into_backend(imported: bool, runtime: str, model_name: str) -> str:
 def scratch(runtime: str) -> str:
     """A runtime's own directory for its temporaries and caches."""
     return f"{SCRATCH}:{runtime}"
+
+
+def runtime_file(runtime: str, name: str) -> str:
+    """A file a runtime reads that the plan writes (a gateway's config)."""
+    return f"{RUNTIME_FILE}:{runtime}/{name}"
 
 
 def load(runtime: str, model_name: str) -> str:

@@ -25,6 +25,7 @@ def test_two_llama_servers_and_a_cloud_model(farmhand, llama_wheel, gemma_gguf, 
     # checkout already fetched with the same pip source (the pip fetch itself is in test_e2e).
     overrides = yaml.safe_load(EXAMPLE.read_text())
     overrides["supervisor"] = {"port": 0, "grace_s": 5}
+    overrides["deployment"]["gateway"] = None  # two llama-servers and LlamaFarm direct (test_gateway runs it)
     overrides["models"]["gemma3-270m"]["sources"] = [f"file://{gemma_gguf}"]
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overrides, sort_keys=False))
     ports_before = listening_ports()

@@ -58,7 +58,8 @@ def test_speed_tiers_online_get_their_own_models_and_processes(tmp_path):
     assert got == {"instant": ("llama-server-instant", "qwen2.5-0.5b-instruct"),
                    "medium": ("llama-server", "llama-3.2-3b-instruct"),
                    "powerful": ("llama-server-powerful", "qwen2.5-7b-instruct-gguf")}
-    assert len({rt.port for rt in plan.selection.runtimes.values()}) == 3
+    # three llama-servers and the gateway in front of them, each on its own port
+    assert len({rt.port for rt in plan.selection.runtimes.values()}) == 4 and plan.selection.gateway == "gateway"
 
 
 def test_references_to_prompts_and_mcp_servers_are_checked_against_the_project(tmp_path, monkeypatch):
@@ -68,13 +69,26 @@ def test_references_to_prompts_and_mcp_servers_are_checked_against_the_project(t
     project.mkdir()
     plan = build(tmp_path, HOSTS["cpu 32 GB"], overrides=overrides)
     path = project / "llamafarm.yaml"
+    # Through the gateway: the unset key leaves the cloud model out of it, and llamafarm.yaml has
+    # no ${env:VAR} for LlamaFarm 0.0.34 to send literally.
     assert plan.warnings == [
-        "role power-user: OPENAI_API_KEY is not set; LlamaFarm cannot call gpt-4o-mini at "
-        "https://api.openai.com/v1 until it is",
+        "role power-user: remote openai is left out of the gateway: OPENAI_API_KEY is not set (set it and apply "
+        "again)",
         f"role assistant: MCP server 'filesystem' is not defined in {path} (add it under mcp.servers:)",
         f"role data-analyst: MCP server 'database' is not defined in {path} (add it under mcp.servers:)",
         f"role power-user: MCP server 'filesystem' is not defined in {path} (add it under mcp.servers:)",
-        f"role power-user: MCP server 'database' is not defined in {path} (add it under mcp.servers:)",
+        f"role power-user: MCP server 'database' is not defined in {path} (add it under mcp.servers:)"]
+    # Without it (the example with `gateway: null`), each problem is named for LlamaFarm directly.
+    direct = build(tmp_path / "direct", HOSTS["cpu 32 GB"], overrides=overrides | {
+        "deployment": overrides["deployment"] | {"gateway": None}})
+    direct_path = tmp_path / "direct" / "project" / "llamafarm.yaml"
+    assert direct.warnings == [
+        "role power-user: OPENAI_API_KEY is not set; LlamaFarm cannot call gpt-4o-mini at "
+        "https://api.openai.com/v1 until it is",
+        f"role assistant: MCP server 'filesystem' is not defined in {direct_path} (add it under mcp.servers:)",
+        f"role data-analyst: MCP server 'database' is not defined in {direct_path} (add it under mcp.servers:)",
+        f"role power-user: MCP server 'filesystem' is not defined in {direct_path} (add it under mcp.servers:)",
+        f"role power-user: MCP server 'database' is not defined in {direct_path} (add it under mcp.servers:)",
         "role power-user: LlamaFarm 0.0.34 sends api_key ${env:OPENAI_API_KEY} literally (it does not resolve "
         "${env:...}), so gpt-4o-mini will not authenticate; put a gateway that holds $OPENAI_API_KEY in front of "
         "it (its base_url in this role), or use a LlamaFarm release that resolves the reference"]

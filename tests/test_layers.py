@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                "installers.archive", "installers.external", "installers.path", "installers.pip", "store",
                "deployment", "memory"}),
     ("backends", {"backends", "backends.base", "backends.lemonade", "backends.llama_server", "backends.ollama",
-                  "backends.ollama_api", "backends.vllm"}),
+                  "backends.ollama_api", "backends.vllm", "backends.litellm"}),
     ("decide", {"declare", "selection", "profiles"}),
     ("converge", {"ledger", "llamafarm", "portowners", "render", "steps", "steps.base", "steps.installs",
                   "steps.models", "steps.files", "steps.runtime", "plan", "oracle", "engine", "status"}),

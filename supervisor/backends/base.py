@@ -57,6 +57,26 @@ class LaunchModel:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """One OpenAI-compatible endpoint a gateway route may call: a local runtime or a remote model."""
+
+    label: str  # for people: "gemma3-270m on llama-server", "remote gpt"
+    model: str  # the model name that endpoint knows
+    api_base: str  # ends where the OpenAI paths begin (.../v1)
+    api_key_env: str | None = None  # the variable holding its key (never the key)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A name the gateway answers to (a role), and whom it calls: the first upstream, then each
+    next one when the one before fails."""
+
+    name: str
+    upstreams: tuple[Upstream, ...]
+    max_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class LaunchRequest:
     """Everything a backend needs to start one runtime, decided by the plan: the backend turns it
     into argv, env and a probe, and sees nothing of the planner."""
@@ -71,6 +91,7 @@ class LaunchRequest:
     gpu_share: float | None  # the least share of its GPUs the memory plan grants it (None: no GPU)
     paths: Paths
     mirrors: sources.Mirrors = sources.Mirrors()  # the site's mirrors, for backends that download themselves
+    routes: tuple[Route, ...] = ()  # a gateway's: each role and whom it calls
 
     @property
     def host(self) -> str:
@@ -171,6 +192,8 @@ class Backend:
     # Variants that write temporaries and caches: into paths.runtime_scratch(name), made by the plan.
     scratch_variants: tuple[str, ...] = ()
     supports_api_key: bool = True
+    gateway: bool = False  # serves no model itself: routes each role to the runtimes and remote models
+    routes_models: bool = False  # has a router mode (`router: true`): one process, a model per role by name
     # Flags and env vars farmhand sets itself, with what to use instead (refused in args/env).
     controlled_flags: dict[str, str] = {}
     controlled_env: dict[str, str] = {}
@@ -197,6 +220,10 @@ class Backend:
         method = self.resolve_method(decl.install["method"], facts)
         params = self.install_params(method, decl.variant, facts, declared) | declared
         return InstallSpec.make(self.name, method, decl.variant, params)
+
+    def refused_version(self, version: str | None) -> str | None:
+        """Why farmhand will not install `version` of this backend (a withdrawn release), or None."""
+        return None
 
     def start_advice(self) -> str:
         return f"systemctl start {self.service or self.name}"
@@ -267,6 +294,11 @@ class Backend:
         """What llamafarm.yaml's base_url says for a model served on `port`."""
         return f"http://{client_host(host)}:{port}/v1"
 
+    def openai_url(self, port: int, host: str = LOOPBACK) -> str:
+        """Where its OpenAI-compatible API begins (what a gateway calls): base_url unless the
+        LlamaFarm provider speaks another API."""
+        return self.base_url(port, host)
+
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         raise NotImplementedError
 
@@ -276,6 +308,15 @@ class Backend:
 
     def launch(self, request: LaunchRequest) -> Launch:
         raise NotImplementedError
+
+    def models_url(self, request: LaunchRequest) -> str:
+        """Where a router lists its models and which are loaded ("" : not a router)."""
+        return ""
+
+    def files(self, request: LaunchRequest) -> dict[Path, str]:
+        """Files the runtime reads, written by the plan before it starts (a gateway's config):
+        path -> text. Their content is part of the spec's identity: a change restarts it."""
+        return {}
 
     def visible_devices(self, request: LaunchRequest) -> dict[str, str]:
         """Env that pins a GPU runtime to the devices the plan gave it."""

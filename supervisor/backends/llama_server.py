@@ -108,6 +108,7 @@ ARCH_TEMPLATES = {
     "exaone": "exaone3", "chatglm": "chatglm4", "minicpm": "minicpm", "falcon": "falcon3", "orion": "orion",
 }
 FALLBACK_TEMPLATE = "chatml"
+PRESETS = "models.ini"  # a router's --models-preset file
 
 
 def chat_template(served: ServedModel) -> tuple[str | None, str]:
@@ -133,6 +134,7 @@ class LlamaServer(Backend):
     variants = ("cpu", "cuda", "rocm", "vulkan", "metal")
     install_methods = ("pip", "archive", "path")
     models_per_process = 1
+    routes_models = True  # `router: true`: --models-preset, a child process per loaded model
     split = "layer"
     default_ctx = 4096
     controlled_flags = {"--host": USE_HOST, "--port": USE_PORT, "--api-key": USE_KEY, "--api-key-file": USE_KEY,
@@ -146,6 +148,9 @@ class LlamaServer(Backend):
                                          "--lookup-cache-dynamic", "--ssl-key-file", "--ssl-cert-file",
                                          "-mu", "--model-url", "-hf", "--hf-repo", "-hff", "--hf-file"),
                                         USE_NO_PATHS),
+                        "--models-preset": "use router: true (farmhand writes the presets from the roles)",
+                        "--models-dir": "use router: true (farmhand writes the presets from the roles)",
+                        "--models-max": "use models_max (with router: true)",
                         "-n": "use the role's model_api_parameters.max_tokens",
                         "--n-predict": "use the role's model_api_parameters.max_tokens"}
     controlled_env = {"LLAMA_ARG_HOST": USE_HOST, "LLAMA_ARG_PORT": USE_PORT, "LLAMA_API_KEY": USE_KEY,
@@ -212,7 +217,48 @@ class LlamaServer(Backend):
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")
 
+    def models_url(self, request: LaunchRequest) -> str:
+        return f"http://{client_host(request.host)}:{request.port}/models" if request.decl.router else ""
+
+    def preset_path(self, request: LaunchRequest) -> Path:
+        return request.paths.runtime_file(request.name, PRESETS)
+
+    def files(self, request: LaunchRequest) -> dict[Path, str]:
+        return {self.preset_path(request): self.presets(request)} if request.decl.router else {}
+
+    def presets(self, request: LaunchRequest) -> str:
+        """The router's --models-preset INI: one section per role, named by it (clients send that
+        name), with its own file, context, reply cap and template; the first models_max load at
+        start, the others when first asked for (LRU eviction makes room)."""
+        lines = ["; Written by farmhand: one preset per role (the name clients send).", "version = 1", ""]
+        for i, served in enumerate(request.models):
+            template, _ = chat_template(served)
+            options = {"model": str(store_path(request.paths.models, served.model)), "ctx-size": served.ctx_size}
+            if template:
+                options |= {"jinja": "false", "chat-template": template}
+            if request.placement and request.placement.on_gpu:
+                options["n-gpu-layers"] = 999
+            if served.embeddings:
+                options["embeddings"] = "true"
+            if served.max_tokens:
+                options["n-predict"] = served.max_tokens
+            options["load-on-startup"] = "true" if i < request.decl.models_max else "false"
+            lines += [f"[{served.roles[0]}]", *(f"{k} = {v}" for k, v in options.items()), ""]
+        return "\n".join(lines)
+
+    def _router_launch(self, request: LaunchRequest) -> Launch:
+        argv = [request.binary, "--models-preset", str(self.preset_path(request)),
+                "--models-max", str(request.decl.models_max), "--host", request.host, "--port", str(request.port),
+                "--cors-origins", request.decl.cors_origins[0] if request.decl.cors_origins else "null",
+                "--no-cors-credentials", *request.decl.args]
+        notes = [f"{m.roles[0]}: {m.model.name}, chat template {chat_template(m)[1]}" for m in request.models]
+        notes.append(f"router: {len(request.models)} models, at most {request.decl.models_max} loaded at once")
+        env = self.visible_devices(request) | self.api_key_env(request) | dict(request.decl.env)
+        return Launch(argv, env, tuple(notes))
+
     def launch(self, request: LaunchRequest) -> Launch:
+        if request.decl.router:
+            return self._router_launch(request)
         (served,) = request.models
         # Clients name the model (llamafarm.yaml's `model:`); the roles it serves are aliases too.
         aliases = ",".join(dict.fromkeys([self.model_id(served), *served.roles]))

@@ -163,6 +163,9 @@ class Ollama(Backend):
     def base_url(self, port: int, host: str = LOOPBACK) -> str:
         return f"http://{client_host(host)}:{port}"
 
+    def openai_url(self, port: int, host: str = LOOPBACK) -> str:
+        return f"{self.base_url(port, host)}/v1"  # LlamaFarm's ollama provider speaks /api; a gateway speaks /v1
+
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/api/version")
 

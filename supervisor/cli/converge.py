@@ -35,6 +35,8 @@ def print_deployment(d: dict, explain: bool = False) -> None:
             where = r["runtime"] if r["runtime"] == r["backend"] else f"{r['runtime']} ({r['backend']})"
         else:
             where = f"remote {r['provider']}"
+        if r.get("gateway"):
+            where += " via gateway" + (f", then {', '.join(r['fallbacks'])}" if r.get("fallbacks") else "")
         rows.append([r["role"] + (" *" if r["role"] == d["default_role"] else ""), r.get("model_id") or r["model"],
                      where, r.get("url") or "-", r["note"]])
     click.echo(table(rows, ["ROLE", "MODEL", "SERVED BY", "URL", "CHOICE"]))

@@ -56,9 +56,12 @@ def print_status(body: dict) -> None:
         click.echo(body["note"])
     rows = []
     for r in body["runtimes"]:
+        models = ",".join(r.get("models", []))
+        if "loaded" in r:  # a router: which of its models are in memory now
+            models += f" (loaded: {','.join(r['loaded']) or 'none'})"
         rows.append([r["name"], r["state"], r.get("pid") or "-", r["port"], f"{r.get('uptime_s') or 0:.0f}s",
                      r.get("restarts", 0), f"{r['last_probe_ms']:.1f}ms" if r.get("last_probe_ms") else "-",
-                     "+".join(r.get("devices") or []) or "-", ",".join(r.get("models", [])), r.get("last_error") or ""])
+                     "+".join(r.get("devices") or []) or "-", models, r.get("last_error") or ""])
     click.echo(table(rows, ["RUNTIME", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "PROBE", "DEVICES", "MODELS",
                             "LAST ERROR"]))
     if body.get("roles"):

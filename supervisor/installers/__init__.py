@@ -3,7 +3,7 @@
 A backend module says which methods it supports and fills in their parameters (a package and
 version, build flags per variant, where the binary sits); the installer for that method does
 the work, the same way for every backend. To add a method (a package manager, say): write a
-module with an Installer subclass (installers/base.py) and list it in INSTALLERS below.
+module with an Installer subclass (installers/base.py) and name it in INSTALLERS below.
 
     path     already on PATH; farmhand installs nothing and never modifies it
     pip      a venv that farmhand owns, optionally from a wheel it builds (keyed by build flags)
@@ -14,9 +14,10 @@ module with an Installer subclass (installers/base.py) and list it in INSTALLERS
 
 from __future__ import annotations
 
+import importlib
+
 from ..bundle import Bundle
 from ..errors import BadInput
-from .archive import ArchiveInstaller
 from .base import (  # noqa: F401 - the installers' shared contract, named where callers look for it
     LIVE,
     Installer,
@@ -25,12 +26,17 @@ from .base import (  # noqa: F401 - the installers' shared contract, named where
     missing_tools,
     staged,
 )
-from .external import ExternalInstaller
-from .path import PathInstaller
-from .pip import PipInstaller
 
-INSTALLERS: dict[str, Installer] = {i.method: i for i in (PathInstaller(), PipInstaller(), ArchiveInstaller(),
-                                                          ExternalInstaller())}
+# method -> "module:Installer class". A method's module is loaded the first time a runtime
+# uses it: a no-op apply of a pip-installed llama-server never loads the archive installer's
+# tar/zip/download machinery (a registry of plugins, the way ramalama loads its transports).
+INSTALLERS: dict[str, str] = {
+    "path": "path:PathInstaller",
+    "pip": "pip:PipInstaller",
+    "archive": "archive:ArchiveInstaller",
+    "external": "external:ExternalInstaller",
+}
+_loaded: dict[str, Installer] = {}
 
 
 def problem_of(spec: InstallSpec, tools, offline: Bundle | None = None) -> str | None:
@@ -45,7 +51,11 @@ def problem_of(spec: InstallSpec, tools, offline: Bundle | None = None) -> str |
 
 
 def get(method: str) -> Installer:
-    try:
-        return INSTALLERS[method]
-    except KeyError:
-        raise BadInput(f"unknown install method {method!r}; known: {', '.join(sorted(INSTALLERS))}") from None
+    """The installer for `method`, its module loaded on first use."""
+    if method not in _loaded:
+        try:
+            module, cls = INSTALLERS[method].split(":")
+        except KeyError:
+            raise BadInput(f"unknown install method {method!r}; known: {', '.join(sorted(INSTALLERS))}") from None
+        _loaded[method] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+    return _loaded[method]

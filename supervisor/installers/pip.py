@@ -65,7 +65,8 @@ class PipInstaller(Installer):
                 wheel = self.build_wheel(spec, paths, ledger, report, offline)
                 requirement, extra = [str(wheel)], ["--no-deps", "--no-index"]
             else:
-                requirement = [f"{spec.get('package')}=={spec.get('version')}"]
+                # with_packages: what the package needs but does not declare (LiteLLM's proxy server)
+                requirement = [f"{spec.get('package')}=={spec.get('version')}", *spec.get("with_packages", [])]
                 # A site's PyPI mirror is where the bytes come from, not what is installed: read
                 # when installing, so a new mirror does not make a new install.
                 index = spec.get("index_url") or os.environ.get("FARMHAND_MIRROR_PYPI")
@@ -75,7 +76,8 @@ class PipInstaller(Installer):
             os.chmod(staging / "venv", 0o700)  # venv makes it 0755; a backend's install is its owner's
             python = str(staging / "venv" / "bin" / "python")
             uv = shutil.which("uv") if spec.get("use_uv") and not spec.get("wheel_build") else None
-            report.line(f"  {'uv' if uv else 'pip'} install {' '.join(requirement)} into {prefix / 'venv'}"
+            also = f" and {len(requirement) - 1} pinned packages" if len(requirement) > 1 else ""
+            report.line(f"  {'uv' if uv else 'pip'} install {requirement[0]}{also} into {prefix / 'venv'}"
                         + ("" if spec.get("wheel_build") else " (with its dependencies: minutes for a torch stack)"))
             if uv:  # uv resolves and unpacks a multi-GB torch stack many times faster than pip
                 pip = [uv, "pip", "install", "--quiet", "--no-cache", "--python", python]
@@ -100,6 +102,9 @@ class PipInstaller(Installer):
                                   f"{spec.get('package')} {spec.get('version')}", ledger)
             if spec.get("remove"):  # what the package's dependencies bring that does not work beside it
                 _run([*uninstall, *spec.get("remove")], ledger, env=_temp_env(paths))
+            python_dir = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+            for rel in spec.get("remove_paths", []):  # parts of the package that must not be served (an admin UI)
+                shutil.rmtree(staging / "venv" / rel.format(python=python_dir), ignore_errors=True)
             relocate_venv(staging / "venv", prefix / "venv")
         binary = self.binary(spec, paths)
         if not binary.exists():
