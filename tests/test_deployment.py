@@ -19,6 +19,9 @@ from supervisor.selection import PlanRefused
 GIB = 1024**3
 EXAMPLES = REPO / "profiles" / "examples"
 TWO_AND_CLOUD = yaml.safe_load((EXAMPLES / "two-llama-servers-and-cloud.yaml").read_text())
+# The example without its gateway: these rows pin LlamaFarm calling each runtime directly (the
+# gateway's routes, config and entries are pinned in test_gateway_plan.py).
+TWO_AND_CLOUD["deployment"]["gateway"] = None
 CORS = ["--cors-origins", "http://127.0.0.1:8000", "--no-cors-credentials"]
 
 
