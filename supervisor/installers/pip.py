@@ -104,7 +104,11 @@ class PipInstaller(Installer):
                 _run([*uninstall, *spec.get("remove")], ledger, env=_temp_env(paths))
             python_dir = f"python{sys.version_info[0]}.{sys.version_info[1]}"
             for rel in spec.get("remove_paths", []):  # parts of the package that must not be served (an admin UI)
-                shutil.rmtree(staging / "venv" / rel.format(python=python_dir), ignore_errors=True)
+                target = staging / "venv" / rel.format(python=python_dir)
+                if not target.is_dir():  # moved in another release: fail closed rather than serve it
+                    raise FarmhandError(f"{spec.get('package')} {spec.get('version')}: {rel} is not where farmhand "
+                                        "removes it from; nothing installed (use the version farmhand pins)")
+                shutil.rmtree(target)
             relocate_venv(staging / "venv", prefix / "venv")
         binary = self.binary(spec, paths)
         if not binary.exists():
