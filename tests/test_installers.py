@@ -25,7 +25,7 @@ from planning import paths_in
 
 from supervisor import installers
 from supervisor.backends import get_backend
-from supervisor.errors import VerificationFailed
+from supervisor.errors import FarmhandError, VerificationFailed
 from supervisor.extract import UnsafeArchive
 from supervisor.installers.archive import ArchiveInstaller
 from supervisor.installers.pip import PipInstaller
@@ -192,6 +192,38 @@ def test_a_variant_build_never_reuses_a_wheel_built_with_other_flags(tmp_path, m
             with zipfile.ZipFile(wheel) as zf:
                 built[flags] = zf.read("flagprobe/flags.txt").decode()
     assert built == {"-DGGML_CUDA=ON": "-DGGML_CUDA=ON", "-DGGML_VULKAN=ON": "-DGGML_VULKAN=ON"}
+
+
+def test_a_part_of_a_package_to_remove_is_removed_or_the_install_fails(tmp_path, monkeypatch):
+    """remove_paths (LiteLLM's admin UI): removed after install; when a release has moved it, the
+    install fails and leaves nothing, rather than serving it."""
+    src = tmp_path / "src"
+    (src / "uiprobe" / "ui").mkdir(parents=True)
+    (src / "uiprobe" / "__init__.py").write_text("")
+    (src / "uiprobe" / "ui" / "index.html").write_text("<html>admin</html>")
+    (src / "setup.py").write_text('from setuptools import setup\nsetup(name="uiprobe", version="1.0", '
+                                  'packages=["uiprobe"], package_data={"uiprobe": ["ui/index.html"]})\n')
+    index = tmp_path / "index"
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(index)], cwd=src, check=True,
+                   capture_output=True)
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
+    site = "lib/{python}/site-packages/uiprobe"
+    with FileServer(index) as server:
+        monkeypatch.setenv("PIP_FIND_LINKS", f"http://127.0.0.1:{server.port}/")
+        for name, rel in (("there", f"{site}/ui"), ("moved", f"{site}/static")):
+            paths = paths_in(tmp_path / name)
+            spec = installers.InstallSpec.make("uiprobe", "pip", "cpu", {
+                "package": "uiprobe", "version": "1.0", "binary": "bin/python", "remove_paths": [rel]})
+            installer = PipInstaller()
+            if name == "there":
+                binary = installer.install(spec, paths, Ledger(paths), QUIET)
+                package = next(binary.parent.parent.glob("lib/python*/site-packages/uiprobe"))
+                assert (package / "__init__.py").exists() and not (package / "ui").exists()
+            else:
+                with pytest.raises(FarmhandError, match=r"uiprobe 1.0: .*/static is not where farmhand removes it "
+                                                        r"from; nothing installed"):
+                    installer.install(spec, paths, Ledger(paths), QUIET)
+                assert not installer.prefix(spec, paths).exists()
 
 
 def test_a_missing_build_tool_is_named_with_its_fix():
