@@ -53,6 +53,14 @@ def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
         delay = min(delay * 1.5, 0.1)
 
 
+def pid_gone(pid: int) -> bool:
+    """True when pid is no longer running (gone, or a zombie), with no race on a process that exits meanwhile."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def home_processes(home: Path) -> list[psutil.Process]:
     """Every live process that belongs to this farmhand home (by env or command line)."""
     found = []

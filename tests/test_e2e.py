@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 from checks import assert_real_gemma_answers, files_under, listening_ports
-from conftest import free_port, home_processes
+from conftest import free_port, home_processes, pid_gone
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +71,7 @@ def test_apply_serves_the_real_model_and_destroy_leaves_nothing(farmhand, llama_
 
     # down: no llama-server left, port free; up brings it back.
     farmhand.run("down", check=True)
-    assert not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE
+    assert pid_gone(server_pid)
     assert port not in listening_ports()
     assert not home_processes(farmhand.home)
     assert farmhand.run("down", check=True).returncode == 0  # idempotent

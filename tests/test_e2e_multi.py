@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 from checks import TEMPLATE_TOKENS, files_under, listening_ports
-from conftest import REPO, home_processes
+from conftest import REPO, home_processes, pid_gone
 
 from supervisor import llamafarm
 
@@ -76,8 +76,7 @@ def test_two_llama_servers_and_a_cloud_model(farmhand, llama_wheel, gemma_gguf, 
     # down stops both, each within its grace (they stop in parallel).
     down = farmhand.json("down")
     assert down["seconds"] < 5
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                   for p in pids.values())
+    assert all(pid_gone(p) for p in pids.values())
 
     # destroy: no process, no port, no file of farmhand's (the models too with --purge-models).
     farmhand.run("destroy", "--yes", "--purge-models", check=True)

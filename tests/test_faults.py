@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 from checks import Trials
-from conftest import FAKE, fake_spec, free_port, home_processes, wait_for
+from conftest import FAKE, fake_spec, free_port, home_processes, pid_gone, wait_for
 
 REPEAT = int(os.environ.get("FARMHAND_FAULT_REPEAT", "20"))
 pytestmark = pytest.mark.faults
@@ -38,7 +38,7 @@ def supervisor_pid(farmhand) -> int:
 
 def kill_and_wait(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(pid),
              what=f"pid {pid} to die")
 
 
@@ -116,7 +116,7 @@ def test_runtime_ignoring_sigterm_is_killed_after_grace(farmhand, capsys):
         farmhand.run("up", check=True)
         (leader,) = leaders(farmhand, port)
         result = farmhand.json("down")
-        gone = not psutil.pid_exists(leader.pid) or leader.status() == psutil.STATUS_ZOMBIE
+        gone = pid_gone(leader.pid)
         trials.record(leader_gone=gone, waited_the_grace=grace <= result["seconds"],
                       killed_soon_after=result["seconds"] < grace + 3)
     trials.report()
@@ -130,7 +130,7 @@ def test_background_child_is_stopped_too(farmhand, capsys):
         farmhand.run("up", check=True)
         (kid,) = children(farmhand)
         farmhand.run("down", check=True)
-        trials.record(child_gone=not psutil.pid_exists(kid.pid) or kid.status() == psutil.STATUS_ZOMBIE,
+        trials.record(child_gone=pid_gone(kid.pid),
                       nothing_left=not home_processes(farmhand.home))
     trials.report()
 

@@ -22,11 +22,10 @@ import time
 import zipfile
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 from checks import files_under, listening_ports
-from conftest import fake_spec, free_port, home_processes, wait_for
+from conftest import fake_spec, free_port, home_processes, pid_gone, wait_for
 
 sys.path.insert(0, str(Path(__file__).parent / "fakes"))
 from file_server import FileServer  # noqa: E402
@@ -174,7 +173,7 @@ def test_a_stopped_runtime_is_marked_unhealthy_then_restarted(farmhand, capsys):
 
         after = wait_for(restarted, timeout=15, what="the stopped runtime to be restarted")
         took = time.monotonic() - t0
-        gone = not psutil.pid_exists(before["pid"]) or psutil.Process(before["pid"]).status() == psutil.STATUS_ZOMBIE
+        gone = pid_gone(before["pid"])
         checks = {"marked unhealthy": "unhealthy" in seen, "one restart": after["restarts"] == before["restarts"] + 1,
                   "old process gone": gone,
                   "restarted in time": took < 0.1 * 3 + 0.2 * 3 + 3}  # three missed probes, the kill, the backoff

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import fake_spec, free_port, home_processes, wait_for
+from conftest import fake_spec, free_port, home_processes, pid_gone, wait_for
 
 from supervisor.errors import EXIT_ENVIRONMENT, FarmhandError
 
@@ -60,7 +60,7 @@ def _stranger_orphan() -> tuple[int, psutil.Process]:
     out = subprocess.run(["setsid", "sh", "-c", "sleep 903 >/dev/null 2>&1 & echo $$ $!"], capture_output=True, text=True, check=True,
                          stdin=subprocess.DEVNULL)
     leader, member = (int(x) for x in out.stdout.split())
-    wait_for(lambda: not psutil.pid_exists(leader) or psutil.Process(leader).status() == psutil.STATUS_ZOMBIE,
+    wait_for(lambda: pid_gone(leader),
              what="the stranger's leader to exit")
     return leader, psutil.Process(member)
 
@@ -278,7 +278,7 @@ def test_a_damaged_supervisor_record_never_makes_a_running_supervisor_look_stopp
                     [p.pid for p in home_processes(farmhand.home) if p.cmdline()[-2:] == ["supervisor", "run"]] == [pid],
                     up.stderr[-300:])
         down = farmhand.run("down", "--json")
-        gone = wait_for(lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        gone = wait_for(lambda pid=pid: pid_gone(pid),
                         timeout=20, what="the supervisor to stop") if down.returncode == 0 else False
         tally.check(f"{damage}: down stops it and says so", down.returncode == 0 and json.loads(down.stdout)["stopped"]
                     and gone and not home_processes(farmhand.home), down.stderr[-300:])

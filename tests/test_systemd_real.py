@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import GEMMA, REPO, WHEELHOUSE, home_processes, wait_for
+from conftest import GEMMA, REPO, WHEELHOUSE, home_processes, pid_gone, wait_for
 from systemd_boot import BootedSystemd, why_not
 
 pytestmark = pytest.mark.e2e
@@ -130,7 +130,7 @@ def test_make_deploy_under_a_real_systemd(booted, site):
     wait_for(lambda: booted.show(UNIT, "NRestarts")["NRestarts"] == "1" and
              booted.show(UNIT, "ActiveState")["ActiveState"] == "active", timeout=90, what="systemd's restart")
     assert int(booted.show(UNIT, "MainPID")["MainPID"]) not in (0, old_main)
-    assert not psutil.pid_exists(old_runtime) or psutil.Process(old_runtime).status() == psutil.STATUS_ZOMBIE, \
+    assert pid_gone(old_runtime), \
         "the killed supervisor's runtime was left orphaned"
     wait_for(lambda: len(runtime_processes(home)) == 1, timeout=60, what="one runtime after the restart")
     (runtime,) = runtime_processes(home)
