@@ -7,6 +7,8 @@ Schemas live in supervisor/schemas/. Validation errors name the document path
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,29 @@ def _check_expansion(node, source: str) -> None:
 
 
 def load_text(text: str, source: str) -> Any:
+    """The document in `text` (`source` names it in errors). A text read before comes back from
+    the memo (JSON is read many times faster than YAML is parsed: every run reads ten profiles)."""
+    key = memo.digest(text)
+    known = memo.lookup("yaml", key)
+    if isinstance(known, str):
+        return json.loads(known)  # a new object each time: callers may change what they get
+    doc = _parse(text, source)
+    encoded = _json_exact(doc)
+    if encoded is not None:
+        memo.store("yaml", key, encoded)
+    return doc
+
+
+def _json_exact(doc: Any) -> str | None:
+    """`doc` as JSON when JSON gives it back unchanged (not with int keys, dates, bytes), else None."""
+    try:
+        encoded = json.dumps(doc)
+        return encoded if json.loads(encoded) == doc else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse(text: str, source: str) -> Any:
     if len(text) > MAX_BYTES:
         raise BadInput(f"{source}: {len(text)} bytes is more than farmhand reads as YAML ({MAX_BYTES}); "
                        "is this the right file?")
@@ -89,7 +114,8 @@ def load_text(text: str, source: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _check_expansion(node, source)
+        if "*" in text:  # without an alias nothing can expand
+            _check_expansion(node, source)
         return loader.construct_document(node)
     except RecursionError:
         raise BadInput(f"{source}: YAML nested too deeply to load") from None
@@ -139,12 +165,18 @@ def schema(name: str) -> dict:
     return load_file(SCHEMAS / f"{name}.schema.yaml")
 
 
+@functools.cache
+def _schema_digest(name: str) -> str:
+    """The schema file's bytes, digested: a memo key that needs no YAML parse of the schema."""
+    return hashlib.sha256((SCHEMAS / f"{name}.schema.yaml").read_bytes()).hexdigest()
+
+
 def validate(document: Any, schema_name: str, source: str) -> None:
     """Raise BadInput naming the first (deepest) problem, or return quietly.
 
     A document already found valid against the same schema is not validated again."""
 
-    key = memo.digest(document, schema(schema_name))
+    key = memo.digest(document, _schema_digest(schema_name))
     problem = memo.remember("valid", key, lambda: _first_problem(document, schema_name))
     if problem:
         raise BadInput(f"{source}: {problem}")

@@ -8,6 +8,7 @@ command imports what it runs when it runs, so `status` and a no-op `apply` start
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -16,11 +17,29 @@ import click
 
 from .. import __version__
 from ..errors import FarmhandError
-from . import converge, host, models, runtimes, ship
 from .common import HELD
 
+# Each command and the module that holds it: imported only when that command runs (or --help
+# lists them), so `status` does not pay for apply's imports.
+COMMANDS = {"detect": "host", "plan": "converge", "apply": "converge", "up": "runtimes", "down": "runtimes",
+            "run": "runtimes", "status": "runtimes", "logs": "runtimes", "models": "models", "destroy": "ship",
+            "bundle": "ship", "export": "ship"}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """click's documented pattern for subcommands loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
+        return getattr(module, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="farmhand")
 @click.option("--system", is_flag=True, envvar="FARMHAND_SYSTEM",
               help="System mode (root): /opt, /var/lib, /etc instead of the XDG user directories.")
@@ -29,10 +48,6 @@ def cli(ctx: click.Context, system: bool) -> None:
     """farmhand: make this machine a working local-LLM host, and keep it that way."""
     ctx.ensure_object(dict)
     ctx.obj["system"] = system
-
-for command in (host.detect, converge.plan, converge.apply, runtimes.up, runtimes.down, runtimes.run, runtimes.status,
-                runtimes.logs, models.models, ship.destroy, ship.bundle, ship.export):
-    cli.add_command(command)
 
 
 def main() -> None:
