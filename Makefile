@@ -14,7 +14,7 @@ venv: $(STAMP)
 
 # Every test, the real end-to-end ones included (builds llama-server once per checkout).
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=30 tests
 
 # Everything except the real llama-server build and the long fault repetitions.
 test-fast: $(STAMP)

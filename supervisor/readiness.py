@@ -23,14 +23,15 @@ def next_probe_delay(delay: float, elapsed: float) -> float:
 
 def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.0, body: str = "",
                token: str = "") -> bool:
-    """GET `path` (POST `body` as JSON when there is one, with `token` as its Bearer key) answers `expect`."""
+    """GET `path` (POST `body` as JSON when there is one) answers `expect`; `token`, when given, is
+    sent as the Bearer key (a server whose every route needs its key)."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         if body:
-            headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-            conn.request("POST", path, body=body.encode(), headers=headers)
+            conn.request("POST", path, body=body.encode(), headers={"Content-Type": "application/json"} | auth)
         else:
-            conn.request("GET", path)
+            conn.request("GET", path, headers=auth)
         return conn.getresponse().status == expect
     except (OSError, http.client.HTTPException):
         return False

@@ -22,6 +22,12 @@ def assert_real_gemma_answers(url: str, alias: str, aliases: tuple[str, ...] = (
     prompt = requests.post(f"{base}/apply-template", timeout=30,
                            json={"messages": [{"role": "user", "content": "Name one colour."}]}).json()["prompt"]
     assert prompt.startswith("<start_of_turn>user\nName one colour.<end_of_turn>"), prompt
+    assert_real_gemma_replies(url, alias, aliases)
+
+
+def assert_real_gemma_replies(url: str, alias: str, aliases: tuple[str, ...] = ("default",)) -> None:
+    """The answers alone (for a server that cannot show its rendered prompt): words, not template
+    tokens, and a plain completion that continues the days of the week."""
     reply = requests.post(f"{url}/chat/completions", timeout=120, json={
         "model": alias, "max_tokens": 16, "temperature": 0,
         "messages": [{"role": "user", "content": "Name one colour."}]}).json()

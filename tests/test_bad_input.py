@@ -39,7 +39,7 @@ def test_unknown_backend_lists_known_ones(farmhand, profiles_copy):
     assert proc.returncode == EXIT_BAD_INPUT
     err = one_line_error(proc)
     assert f"{path}: deployment.runtimes.llama-server.backend: unknown backend 'llamaserver'" in err
-    assert "known backends: lemonade, llama-server, ollama, vllm" in err
+    assert "known backends: lemonade, llama-cpp-python, llama-server, ollama, vllm" in err
 
 
 @pytest.mark.parametrize("how", ["flag", "overrides"])

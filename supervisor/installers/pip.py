@@ -76,7 +76,8 @@ class PipInstaller(Installer):
             os.chmod(staging / "venv", 0o700)  # venv makes it 0755; a backend's install is its owner's
             python = str(staging / "venv" / "bin" / "python")
             uv = shutil.which("uv") if spec.get("use_uv") and not spec.get("wheel_build") else None
-            also = f" and {len(requirement) - 1} pinned packages" if len(requirement) > 1 else ""
+            pinned_count = len(spec.get("with_packages", []))
+            also = f" and {pinned_count} pinned packages" if pinned_count else ""
             report.line(f"  {'uv' if uv else 'pip'} install {requirement[0]}{also} into {prefix / 'venv'}"
                         + ("" if spec.get("wheel_build") else " (with its dependencies: minutes for a torch stack)"))
             if uv:  # uv resolves and unpacks a multi-GB torch stack many times faster than pip
@@ -100,6 +101,11 @@ class PipInstaller(Installer):
                 loud = [a for a in pip if a != "--quiet"] + ["--progress-bar", "off"]
                 pip_with_progress([*loud, *extra, *requirement], os.environ | _temp_env(paths), report,
                                   f"{spec.get('package')} {spec.get('version')}", ledger)
+            if spec.get("wheel_build") and spec.get("with_packages"):
+                # the built wheel went in alone; what it runs with comes from the index, pinned
+                index = spec.get("index_url") or os.environ.get("FARMHAND_MIRROR_PYPI")
+                _run([*pip, *([f"--index-url={index}"] if index else []), *spec.get("with_packages")], ledger,
+                     env=_temp_env(paths), task=f"{spec.get('package')}'s dependencies")
             if spec.get("remove"):  # what the package's dependencies bring that does not work beside it
                 _run([*uninstall, *spec.get("remove")], ledger, env=_temp_env(paths))
             python_dir = f"python{sys.version_info[0]}.{sys.version_info[1]}"
