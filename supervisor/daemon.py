@@ -24,6 +24,7 @@ from . import ports, process, shm, statefiles
 from .errors import Conflict, FarmhandError
 from .health import HealthServer
 from .lock import InstanceLock, LockHeld
+from .metrics import RuntimeView, SupervisorMetrics
 from .notify import sd_notify
 from .paths import Paths
 from .readiness import FIRST_PROBE_DELAY, next_probe_delay, probe_once
@@ -52,6 +53,7 @@ class Runtime:
         self.next_start: float | None = None
         self.shm: set[str] = set()  # /dev/shm segments its processes were seen using (shm.py)
         self.probe_token = ""  # its API key as resolved at spawn, for a readiness probe behind it
+        self.metrics_token = ""  # the same, for a scrape of its own /metrics
         self.log = RotatingLog(paths.runtime_log(self.name), spec.log_max_bytes, spec.log_backups)
 
     def transition(self, event: str) -> None:
@@ -97,6 +99,7 @@ class Supervisor:
         self.notified_ready = False
         self.epoch = 0  # counts `farmhand up` retries of failed runtimes (SIGUSR1)
         self.health_server: HealthServer | None = None
+        self.metrics = SupervisorMetrics(paths, self.metric_views)
         self.instance = InstanceLock(paths.supervisor_lock)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -137,7 +140,7 @@ class Supervisor:
 
     def _serve_health(self) -> None:
         try:
-            self.health_server = HealthServer(self.spec.host, self.spec.port, self.health)
+            self.health_server = HealthServer(self.spec.host, self.spec.port, self.health, self.metrics.render)
         except OSError as exc:
             pid, cmd = ports.holder(self.spec.port)
             who = f"pid {pid} ({cmd})" if pid else cmd
@@ -161,6 +164,19 @@ class Supervisor:
             "supervisor": {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3)},
             "runtimes": runtimes,
         }
+
+    def metric_views(self) -> list[RuntimeView]:
+        """Each runtime as /metrics reports it, read under the lock."""
+        now = time.monotonic()
+        with self.lock:
+            return [RuntimeView(
+                name=rt.name, backend=rt.spec.backend, variant=rt.spec.variant, state=rt.state.value,
+                restarts=rt.restarts,
+                ready_after_s=rt.ready_at - rt.started_at if rt.ready_at and rt.started_at else None,
+                uptime_s=now - rt.ready_at if rt.ready_at and rt.state == State.READY else 0.0,
+                pid=rt.ident.pid if rt.ident and rt.state in RUNNING else None, devices=tuple(rt.spec.devices),
+                roles=rt.spec.roles, models=rt.spec.models, metrics_url=rt.spec.metrics_url,
+                metrics_token=rt.metrics_token) for rt in self.runtimes]
 
     # --- the event loop -------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -272,6 +288,7 @@ class Supervisor:
                 env = {**inherited_env(os.environ), **{k: expand_env(v, os.environ) for k, v in rt.spec.env}}
                 argv = [expand_env(a, os.environ) for a in rt.spec.argv]
                 rt.probe_token = env.get(rt.spec.readiness_key_env, "") if rt.spec.readiness_key_env else ""
+                rt.metrics_token = env.get(rt.spec.metrics_key_env, "") if rt.spec.metrics_key_env else ""
             except MissingSecret as missing:
                 rt.last_error = (f"{missing.var} is not set (or empty): refusing to start {rt.name} without its "
                                  "API key; set it in the supervisor's environment")
@@ -333,9 +350,12 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 if rt.generation != gen:
                     return  # stopped or restarted: another watcher owns the new process
+                t0 = time.monotonic()
                 answered = probe_once(live.hostname, live.port, live.path, 200 if spec.liveness_url else
                                       spec.readiness_expect, timeout=spec.liveness_timeout_s,
                                       body="" if spec.liveness_url else spec.readiness_body, token=rt.probe_token)
+                if answered:
+                    self.metrics.observe_probe(rt.name, time.monotonic() - t0)
                 self.events.put(("live", rt, (gen, answered)))
                 self._note_shm(rt, popen)
                 continue
@@ -401,6 +421,7 @@ class Supervisor:
             rt.log.close()
         if self.health_server is not None:
             self.health_server.close()
+        self.metrics.close()
         for path in (self.paths.processes, self.paths.supervisor_address):
             path.unlink(missing_ok=True)
         self.instance.release()

@@ -6,8 +6,11 @@
   foreground with the store on a hostPath, probes on the supervisor's /health, a Service per
   runtime. Runtimes listen beyond loopback there, so each needs its API key (a Secret).
 
-Both are rendered from templates/ with the plan's runtimes and ports; nothing here talks to a
-cluster or a cloud.
+- A Prometheus scrape config: the supervisor's GET /metrics at each target (this host's
+  supervisor by default), for `prometheus --config.file` or to paste into an existing one.
+
+All are rendered from templates/ or plain data with the plan's runtimes and ports; nothing here
+talks to a cluster or a cloud.
 """
 
 from __future__ import annotations
@@ -78,3 +81,25 @@ def kubernetes_for_plan(plan: dict, *, namespace: str, image: str, node_label: s
     return kubernetes(runtimes=runtimes, supervisor_port=plan["supervisor_port"], namespace=namespace,
                       image=image.format(py=f"{sys.version_info[0]}.{sys.version_info[1]}"), node_label=node_label,
                       bundle_url=bundle_url, gpu_resources=resources)
+
+
+DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
+TARGET = re.compile(r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$|^\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}$")
+
+
+def prometheus(targets: list[str], *, interval: str = "15s", job: str = "farmhand") -> str:
+    """A prometheus.yml whose one job scrapes farmhand's supervisor at each HOST:PORT target."""
+    import yaml
+
+    bad = [t for t in targets if not TARGET.match(t) or not 0 < int(t.rsplit(":", 1)[1]) < 65536]
+    if bad:
+        raise BadInput(f"--target {bad[0]!r}: expected HOST:PORT (the supervisor's address, e.g. 127.0.0.1:11545)")
+    if not DURATION.match(interval):
+        raise BadInput(f"--interval {interval!r}: expected a Prometheus duration such as 15s, 1m")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", job):
+        raise BadInput(f"--job {job!r}: letters, digits, _ and - only")
+    doc = {"scrape_configs": [{"job_name": job, "metrics_path": "/metrics", "scrape_interval": interval,
+                               "scrape_timeout": "5s" if interval not in ("1s", "2s", "3s", "4s") else interval,
+                               "static_configs": [{"targets": targets}]}]}
+    return ("# Written by `farmhand export prometheus`: scrape farmhand's supervisor (GET /metrics).\n"
+            + yaml.safe_dump(doc, sort_keys=False))

@@ -1,5 +1,6 @@
 """The supervisor's GET /health on loopback: every runtime's state as JSON, 200 when all are
-ready and 503 otherwise (what systemd, Kubernetes probes and `farmhand status` read).
+ready and 503 otherwise (what systemd, Kubernetes probes and `farmhand status` read); and GET
+/metrics, Prometheus's text format (metrics.py), on the same port.
 
 Probes arrive in bursts (a kubelet, a load balancer, a user's watch loop), so the server is
 threaded with a real listen backlog, and bounded: at most MAX_HANDLERS requests are handled at
@@ -18,6 +19,7 @@ from typing import Callable
 BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 MAX_HANDLERS = 64
 HANDLER_TIMEOUT_S = 5.0
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text format
 
 
 def host_allowed(header: str | None) -> bool:
@@ -64,8 +66,9 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, report: Callable[[], dict]):
-        """Bind now (OSError when the port is held); serve once start() is called."""
+    def __init__(self, host: str, port: int, report: Callable[[], dict], metrics: Callable[[], bytes] | None = None):
+        """Bind now (OSError when the port is held); serve once start() is called. `metrics`
+        gives the body of GET /metrics (Prometheus text)."""
 
         class Handler(BaseHTTPRequestHandler):
             timeout = HANDLER_TIMEOUT_S
@@ -74,13 +77,19 @@ class HealthServer:
                 if not host_allowed(self.headers.get("Host")):
                     self.send_error(403, "unexpected Host header")
                     return
-                if self.path.split("?")[0] != "/health":
+                path = self.path.split("?")[0]
+                if path == "/metrics" and metrics is not None:
+                    self._send(200, METRICS_TYPE, metrics())
+                    return
+                if path != "/health":
                     self.send_error(404)
                     return
                 body = report()
-                data = json.dumps(body).encode()
-                self.send_response(200 if body.get("status") == "ok" else 503)
-                self.send_header("Content-Type", "application/json")
+                self._send(200 if body.get("status") == "ok" else 503, "application/json", json.dumps(body).encode())
+
+            def _send(self, code: int, content_type: str, data: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

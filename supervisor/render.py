@@ -100,6 +100,8 @@ class SpecRenderer:
                 readiness_expect=probe.expect, readiness_body=probe.body, readiness_timeout_s=probe.timeout_s,
                 readiness_key_env=probe.key_env,
                 liveness_url=probe.liveness_url, models_url=rt.backend.models_url(request),
+                metrics_url=rt.backend.metrics_url(request), metrics_key_env=rt.backend.metrics_key_env(request),
+                variant=rt.decl.variant, roles=tuple(dict.fromkeys(r for m in rt.models for r in m.roles)),
                 stop_signal=rt.backend.stop_signal,
                 grace_s=float(self.settings.get("grace_s", rt.backend.grace_s)),
                 start_timeout_s=float(self.settings.get("start_timeout_s", rt.backend.start_timeout_s)),

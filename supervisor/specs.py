@@ -37,6 +37,10 @@ class RuntimeSpec:
     readiness_key_env: str = ""
     liveness_url: str = ""  # "" : the readiness URL
     models_url: str = ""  # a router's GET /models: which of its models are loaded now (status shows it)
+    metrics_url: str = ""  # the runtime's own Prometheus metrics, passed through the supervisor's /metrics
+    metrics_key_env: str = ""  # the env var (its own) whose value the metrics scrape sends as its Bearer key
+    variant: str = ""
+    roles: tuple[str, ...] = ()
     base_url: str | None = None
     stop_signal: str = "SIGTERM"
     grace_s: float = 10.0
@@ -67,6 +71,11 @@ class RuntimeSpec:
                              "misses": self.liveness_misses, **({"url": self.liveness_url} if self.liveness_url else {})},
                 "models": list(self.models), "devices": list(self.devices),
                 **({"models_url": self.models_url} if self.models_url else {}),
+                **({"metrics": {"url": self.metrics_url, **({"key_env": self.metrics_key_env}
+                                                           if self.metrics_key_env else {})}}
+                   if self.metrics_url else {}),
+                **({"variant": self.variant} if self.variant else {}),
+                **({"roles": list(self.roles)} if self.roles else {}),
                 "identity": self.identity, "log_max_bytes": self.log_max_bytes, "log_backups": self.log_backups}
 
     @classmethod
@@ -86,6 +95,9 @@ class RuntimeSpec:
                    liveness_timeout_s=float((data.get("liveness") or {}).get("timeout_s", cls.liveness_timeout_s)),
                    liveness_misses=int((data.get("liveness") or {}).get("misses", cls.liveness_misses)),
                    models=tuple(data.get("models") or ()), models_url=data.get("models_url", ""),
+                   metrics_url=(data.get("metrics") or {}).get("url", ""),
+                   metrics_key_env=(data.get("metrics") or {}).get("key_env", ""),
+                   variant=data.get("variant", ""), roles=tuple(data.get("roles") or ()),
                    devices=tuple(data.get("devices") or ()), identity=data.get("identity", ""),
                    log_max_bytes=int(data.get("log_max_bytes", LOG_MAX_BYTES)),
                    log_backups=int(data.get("log_backups", LOG_BACKUPS)))

@@ -110,3 +110,11 @@ def test_bad_input_is_one_line(farmhand, tmp_path, runtime, expected):
     proc = farmhand.run("plan", "--profile", "cpu-small", "--overrides", str(overrides))
     assert proc.returncode == 2, proc.stderr
     assert expected in one_line_error(proc)
+
+
+def test_every_backend_has_a_default_port_of_its_own():
+    from supervisor.backends import BACKENDS
+    from supervisor.ports import SUPERVISOR_DEFAULT_PORT
+
+    ports = [b.default_port for b in BACKENDS.values()] + [SUPERVISOR_DEFAULT_PORT]
+    assert len(ports) == len(set(ports)), {b.name: b.default_port for b in BACKENDS.values()}

@@ -313,6 +313,14 @@ class Backend:
         """Where a router lists its models and which are loaded ("" : not a router)."""
         return ""
 
+    def metrics_url(self, request: LaunchRequest) -> str:
+        """Where the runtime serves its own Prometheus metrics ("" : it does not)."""
+        return ""
+
+    def metrics_key_env(self, request: LaunchRequest) -> str:
+        """The runtime's env var holding the key its metrics need ("" : none)."""
+        return ""
+
     def files(self, request: LaunchRequest) -> dict[Path, str]:
         """Files the runtime reads, written by the plan before it starts (a gateway's config):
         path -> text. Their content is part of the spec's identity: a change restarts it."""

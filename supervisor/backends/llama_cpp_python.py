@@ -63,8 +63,10 @@ FALLBACK_FORMAT = "chatml"
 TEMPLATE_NAMES = {"llama3": "llama-3", "llama2": "llama-2", "chatglm4": "chatglm3"}
 
 SHIM = '''"""Written by farmhand: llama_cpp.server's own main(), with CORS limited to the origins
-farmhand was given (the server allows every origin, with credentials)."""
+farmhand was given (the server allows every origin, with credentials), and one thread per
+physical core like llama-server (its own default is half the logical CPUs)."""
 import json
+import os
 import sys
 
 from starlette.middleware.cors import CORSMiddleware
@@ -76,6 +78,19 @@ ORIGINS = json.loads(sys.argv.pop(1))
 made = app_module.create_app
 
 
+def physical_cores():
+    """The physical cores this process may run on (thread siblings counted once)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in allowed:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings") as fh:
+                cores.add(fh.read().strip())
+        except OSError:
+            return max(1, len(allowed))
+    return max(1, len(cores))
+
+
 def create_app(*args, **kwargs):
     app = made(*args, **kwargs)
     app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
@@ -85,6 +100,8 @@ def create_app(*args, **kwargs):
     return app
 
 
+if "--n_threads" not in sys.argv:
+    sys.argv += ["--n_threads", str(physical_cores())]
 server.create_app = create_app
 server.main()
 '''
@@ -108,7 +125,7 @@ def chat_format(served: ServedModel) -> tuple[str | None, str]:
 
 class LlamaCppPython(Backend):
     name = "llama-cpp-python"
-    default_port = 11560
+    default_port = 11555
     executable = "python"
     start_timeout_s = 120.0
     variants = ("cpu", "cuda", "rocm", "vulkan", "metal")

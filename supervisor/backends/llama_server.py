@@ -153,6 +153,13 @@ class LlamaServer(Backend):
     def models_url(self, request: LaunchRequest) -> str:
         return f"http://{client_host(request.host)}:{request.port}/models" if request.decl.router else ""
 
+    def metrics_url(self, request: LaunchRequest) -> str:
+        # A router answers /metrics per model (?model=), not for itself: its children are not scraped.
+        return "" if request.decl.router else f"http://{client_host(request.host)}:{request.port}/metrics"
+
+    def metrics_key_env(self, request: LaunchRequest) -> str:
+        return "LLAMA_API_KEY" if request.decl.api_key_env else ""
+
     def preset_path(self, request: LaunchRequest) -> Path:
         return request.paths.runtime_file(request.name, PRESETS)
 
@@ -200,7 +207,7 @@ class LlamaServer(Backend):
                 # CORS: one allowed origin (this build sends the value as the header, so a list would
                 # be an invalid header), credentials never.
                 "--cors-origins", request.decl.cors_origins[0] if request.decl.cors_origins else "null",
-                "--no-cors-credentials"]
+                "--no-cors-credentials", "--metrics"]
         template, why = chat_template(served)
         notes = [f"{served.model.name}: chat template {why}"]
         if template:

@@ -191,6 +191,12 @@ class Vllm(Backend):
         return ReadinessProbe(f"{base}/v1/completions", 200, body, timeout_s=30.0, liveness_url=f"{base}/health",
                               key_env="VLLM_API_KEY" if request.decl.api_key_env else "")
 
+    def metrics_url(self, request: LaunchRequest) -> str:
+        return f"http://{client_host(request.host)}:{request.port}/metrics"
+
+    def metrics_key_env(self, request: LaunchRequest) -> str:
+        return "VLLM_API_KEY" if request.decl.api_key_env else ""
+
     def launch(self, request: LaunchRequest) -> Launch:
         (served,) = request.models
         cpu = request.decl.variant == "cpu"

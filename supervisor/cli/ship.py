@@ -99,7 +99,8 @@ def bundle_create(ctx, out, profile, overrides, replay, facts_file, cpu_level, a
 
 @click.group()
 def export():
-    """farmhand as input for fleet engines: cloud-init user-data, Kubernetes manifests."""
+    """farmhand as input for fleet engines: cloud-init user-data, Kubernetes manifests, a Prometheus
+    scrape config."""
 
 
 @export.command("cloud-init")
@@ -145,3 +146,35 @@ def export_kubernetes(ctx, bundle_url, profile, replay, facts_file, namespace, i
                             project_dir=Path.cwd(), live=False)
     click.echo(exportmod.kubernetes_for_plan(built.to_json(), namespace=namespace, image=image, node_label=node_label,
                                              bundle_url=bundle_url), nl=False)
+
+
+@export.command("prometheus")
+@click.option("--target", "targets", multiple=True,
+              help="HOST:PORT of a supervisor to scrape (repeat it for a fleet; default: this host's).")
+@click.option("--interval", default="15s", show_default=True, help="How often Prometheus scrapes.")
+@click.option("--job", default="farmhand", show_default=True, help="The job's name (its `job` label).")
+@click.pass_context
+def export_prometheus(ctx, targets, interval, job):
+    """Print a prometheus.yml scraping the supervisor's GET /metrics (docs/grafana-farmhand.json
+    charts what it collects)."""
+    from .. import export as exportmod
+
+    if not targets:
+        targets = (_own_supervisor(paths_of(ctx)),)
+    click.echo(exportmod.prometheus(list(targets), interval=interval, job=job), nl=False)
+
+
+def _own_supervisor(paths) -> str:
+    """This home's supervisor address: where it listens now, else the port apply gave it."""
+    from .. import statefiles
+    from ..ledger import Ledger
+    from ..ports import SUPERVISOR
+
+    record, _ = statefiles.read_supervisor(paths)
+    if record is not None and record.port:
+        return f"{record.host}:{record.port}"
+    port = Ledger(paths, tolerate_damage=True).ports().get(SUPERVISOR)
+    if port:
+        return f"127.0.0.1:{port}"
+    raise BadInput("no supervisor address known for this home: run `farmhand apply` first, or pass "
+                   "--target HOST:PORT")

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
@@ -25,6 +25,8 @@ parser.add_argument("--fork-child", action="store_true", help="leave a backgroun
 parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
 parser.add_argument("--model-file", help="a model file it claims to serve (not read)")
 parser.add_argument("--log-probes", action="store_true", help="print a line per health request (to count them)")
+parser.add_argument("--metrics", action="store_true", help="serve /metrics like llama-server's --metrics")
+parser.add_argument("--metrics-delay", type=float, default=0.0, help="answer /metrics this late (a slow backend)")
 args = parser.parse_args()
 
 if args.child:  # the background child: lives until signalled
@@ -56,6 +58,8 @@ if args.crash_after is not None:
 
 
 class Handler(BaseHTTPRequestHandler):
+    scrapes = 0
+
     def do_GET(self):  # noqa: N802
         ready = time.monotonic() - started >= args.ready_after
         if args.log_probes:
@@ -66,6 +70,9 @@ class Handler(BaseHTTPRequestHandler):
             "/api/tags": {"models": []},
             "/api/v1/health": {"status": "ok"},
         }
+        if self.path == "/metrics" and args.metrics:
+            self.metrics()
+            return
         body = routes.get(self.path)
         if body is None:
             self.send_error(404)
@@ -80,8 +87,25 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def metrics(self):
+        """llama-server's families, in its names and types (counters count health probes here)."""
+        time.sleep(args.metrics_delay)
+        Handler.scrapes += 1
+        data = ("# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
+                "# TYPE llamacpp:prompt_tokens_total counter\n"
+                f"llamacpp:prompt_tokens_total {Handler.scrapes * 7}\n"
+                "# HELP llamacpp:requests_processing Number of requests processing.\n"
+                "# TYPE llamacpp:requests_processing gauge\n"
+                "llamacpp:requests_processing 0\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *a):
         pass
 
 
-HTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+# With metrics, a slow /metrics must not hold up /health (llama-server serves them on separate threads).
+(ThreadingHTTPServer if args.metrics else HTTPServer)(("127.0.0.1", args.port), Handler).serve_forever()
