@@ -14,6 +14,7 @@ that is slow or down shows as `farmhand_backend_scrape_up 0` and never fails the
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from . import statefiles
-from .ledger import Ledger
+from .fsio import fingerprint_matches
 from .paths import Paths
 from .states import State
 from .stepids import model_name
-from .store import fingerprint_matches
 
 BACKEND_TIMEOUT_S = 1.0  # one slow backend must not stall a scrape
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -170,9 +170,9 @@ def store_families(paths: Paths) -> Iterable[Metric]:
     size = GaugeMetricFamily("farmhand_model_bytes", "Bytes of each model in farmhand's store.", labels=["model"])
     verified = GaugeMetricFamily("farmhand_model_verified", "1 while the file still matches what its last "
                                  "verification (sha256) recorded.", labels=["model"])
-    try:
-        artifacts = Ledger(paths, tolerate_damage=True).data["artifacts"]
-    except Exception:  # noqa: BLE001 - a damaged ledger is apply's to report; metrics go on without it
+    try:  # read as it is: the supervisor never loads the planner's Ledger
+        artifacts = json.loads(paths.ledger.read_text()).get("artifacts") or {}
+    except (OSError, ValueError, AttributeError):  # none yet, or damaged: apply's to report
         artifacts = {}
     for key, record in sorted(artifacts.items()):
         name = model_name(key)

@@ -22,7 +22,8 @@ TWO_AND_CLOUD = yaml.safe_load((EXAMPLES / "two-llama-servers-and-cloud.yaml").r
 # The example without its gateway: these rows pin LlamaFarm calling each runtime directly (the
 # gateway's routes, config and entries are pinned in test_gateway_plan.py).
 TWO_AND_CLOUD["deployment"]["gateway"] = None
-CORS = ["--cors-origins", "http://127.0.0.1:8000", "--no-cors-credentials"]
+SERVER_FLAGS = [  # CORS closed, metrics on
+    "--cors-origins", "http://127.0.0.1:8000", "--no-cors-credentials", "--metrics"]
 
 
 def gemma_args(*roles):
@@ -56,7 +57,7 @@ def gemma(ctx, port=11550, extra=(), roles=("default",), n_predict=None):
     """llama-server's argv for the Gemma file; --n-predict is the roles' reply cap (issue 18: a
     quarter of the context unless the profile sets max_tokens)."""
     return ["-m", "~/data/models/gemma-3-270m-q4_k_m.gguf", "--host", "127.0.0.1", "--port", str(port),
-            *gemma_args(*roles), "-c", str(ctx), *CORS, "--no-jinja", "--chat-template", "gemma", *extra,
+            *gemma_args(*roles), "-c", str(ctx), *SERVER_FLAGS, "--no-jinja", "--chat-template", "gemma", *extra,
             "--n-predict", str(n_predict or default_max_tokens(ctx))]
 
 
@@ -86,10 +87,10 @@ CASES = {
             {"a": {"backend": "llama-server", "variant": "cuda"}, "b": {"backend": "llama-server", "variant": "cuda"}},
             {"default": {"use": [{"model": "big", "runtime": "a"}]}, "fast": {"use": [{"model": "mid", "runtime": "b"}]}}),
         runtimes=[("a", 11550, ["-m", "~/data/models/big.gguf", "--host", "127.0.0.1", "--port", "11550", "--alias",
-                                "big,default", "-c", "4096", *CORS, "-ngl", "999", "--n-predict", "1024"],
+                                "big,default", "-c", "4096", *SERVER_FLAGS, "-ngl", "999", "--n-predict", "1024"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}, ["gpu0"]),
                   ("b", 11551, ["-m", "~/data/models/mid.gguf", "--host", "127.0.0.1", "--port", "11551", "--alias",
-                                "mid,fast", "-c", "4096", *CORS, "-ngl", "999", "--n-predict", "1024"],
+                                "mid,fast", "-c", "4096", *SERVER_FLAGS, "-ngl", "999", "--n-predict", "1024"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}, ["gpu1"])],
         entries=[("default", "openai", "big", "http://127.0.0.1:11550/v1", None, True),
                  ("fast", "openai", "mid", "http://127.0.0.1:11551/v1", None, False)]),
@@ -98,7 +99,7 @@ CASES = {
         overrides=cuda_overrides({"a": {"backend": "llama-server", "variant": "cuda"}},
                                  {"default": {"use": [{"model": "big", "runtime": "a"}]}}),
         runtimes=[("a", 11550, ["-m", "~/data/models/big.gguf", "--host", "127.0.0.1", "--port", "11550", "--alias",
-                                "big,default", "-c", "4096", *CORS, "-ngl", "999", "--split-mode", "layer",
+                                "big,default", "-c", "4096", *SERVER_FLAGS, "-ngl", "999", "--split-mode", "layer",
                                 "--tensor-split", "0.500,0.500", "--n-predict", "1024"],
                    {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0,1"}, ["gpu0", "gpu1"])],
         entries=[("default", "openai", "big", "http://127.0.0.1:11550/v1", None, True)]),

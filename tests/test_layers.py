@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"supervisor", "errors", "paths", "cpulevel", "policy", "states", "notify", "progress", "projectfs",
               "process", "fsio", "memo", "yamlio", "gguf", "runlog", "health", "lock", "specs", "ports", "refs",
               "stepids", "statefiles", "identity", "readiness", "shm"}),
-    ("runtime", {"daemon", "client", "endpoint"}),
+    ("runtime", {"daemon", "client", "endpoint", "metrics", "watch"}),
     ("facts", {"facts", "facts.hostio", "facts.parsers", "facts.probes"}),
     ("world", {"fetcher", "extract", "sources", "sources.base", "sources.file", "sources.hf", "sources.http",
                "sources.lemonade", "sources.ollama", "sources.pip", "bundle", "installers", "installers.base",

@@ -75,10 +75,21 @@ def print_status(body: dict) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", is_flag=True, help="A live table (state, restarts, tok/s, RSS) until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
+              help="Seconds between redraws with --watch.")
 @click.pass_context
-def status(ctx, as_json):
+def status(ctx, as_json, watch, interval):
     """Every runtime (state, pid, port, uptime, restarts, probe latency, devices) and every role."""
     from ..status import status_body
+
+    if watch:
+        if as_json:
+            raise BadInput("--watch draws a live table and --json prints one document: use one of them")
+        from ..watch import watch as watch_table
+
+        watch_table(paths_of(ctx), interval)
+        return
 
     body = status_body(paths_of(ctx))
     emit(body, as_json, print_status)
