@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import subprocess
 import threading
 import time
 from urllib.parse import urlparse
@@ -100,6 +99,7 @@ class Supervisor:
         self.epoch = 0  # counts `farmhand up` retries of failed runtimes (SIGUSR1)
         self.health_server: HealthServer | None = None
         self.metrics = SupervisorMetrics(paths, self.metric_views)
+        self._written_processes: dict | None = None
         self.instance = InstanceLock(paths.supervisor_lock)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -345,9 +345,8 @@ class Supervisor:
         spec = rt.spec
         live = urlparse(spec.liveness_url) if spec.liveness_url else probe
         while True:
-            try:
-                rc = popen.wait(timeout=spec.liveness_interval_s)
-            except subprocess.TimeoutExpired:
+            rc = process.wait_exit(popen, spec.liveness_interval_s)
+            if rc is None:
                 if rt.generation != gen:
                     return  # stopped or restarted: another watcher owns the new process
                 t0 = time.monotonic()
@@ -427,8 +426,13 @@ class Supervisor:
         self.instance.release()
 
     def _write_processes(self) -> None:
-        statefiles.write_processes(self.paths, {rt.name: rt.ident for rt in self.runtimes
-                                                if rt.ident is not None and rt.state not in (State.STOPPED,)})
+        """processes.json as it is now; not written again when unchanged (a liveness probe every
+        few seconds per runtime would otherwise fsync it each time)."""
+        idents = {rt.name: rt.ident for rt in self.runtimes if rt.ident is not None and rt.state != State.STOPPED}
+        if idents == self._written_processes:
+            return
+        statefiles.write_processes(self.paths, idents)
+        self._written_processes = idents
 
 
 def run_foreground(paths: Paths) -> int:
