@@ -150,7 +150,8 @@ def export_kubernetes(ctx, bundle_url, profile, replay, facts_file, namespace, i
 
 @export.command("prometheus")
 @click.option("--target", "targets", multiple=True,
-              help="HOST:PORT of a supervisor to scrape (repeat it for a fleet; default: this host's).")
+              help="HOST:PORT of a supervisor to scrape (default: this host's). Supervisors listen on "
+                   "loopback only: a fleet runs a Prometheus (or agent) per host and federates.")
 @click.option("--interval", default="15s", show_default=True, help="How often Prometheus scrapes.")
 @click.option("--job", default="farmhand", show_default=True, help="The job's name (its `job` label).")
 @click.pass_context
