@@ -1,5 +1,6 @@
 """The commands users wait on, timed for two checkouts of farmhand in the same run, interleaved
-(so machine load falls on both alike): a no-op `./bootstrap.py`, `status`, `up` and `down`.
+and taking turns to go first (so machine load, and whatever the other side's last command left
+running, falls on both alike): a no-op `./bootstrap.py`, `status`, `up` and `down`.
 Prints each median and the ratio NEW / BASE. Each checkout runs with its own .venv.
 
     .venv/bin/python bench/revisions.py BASE_CHECKOUT [NEW_CHECKOUT]   (NEW: this one)
@@ -66,8 +67,8 @@ def main() -> None:
             side.run("apply", "--yes", "--profile", "cpu-small", "--port", str(side.port), "--overrides",
                      str(side.overrides))
             side.bootstrap()
-        for _ in range(RUNS):
-            for side in sides:
+        for i in range(RUNS):
+            for side in sides if i % 2 == 0 else sides[::-1]:  # who goes first alternates: no position bias
                 got = samples[side.label]
                 got.setdefault("noop_bootstrap_ms", []).append(timed(side.bootstrap))
                 got.setdefault("status_ms", []).append(timed(lambda s=side: s.run("status")))
@@ -83,8 +84,8 @@ def main() -> None:
                 "argv": [sys.executable, str(FAKE), "--port", str(fake)],
                 "readiness": {"url": f"http://127.0.0.1:{fake}/health", "expect": 200}, "grace_s": 5,
                 "start_timeout_s": 30}]}))
-        for _ in range(RUNS):
-            for side in sides:
+        for i in range(RUNS):
+            for side in sides if i % 2 == 0 else sides[::-1]:
                 got = samples[side.label]
                 got.setdefault("up_fake_ms", []).append(timed(lambda s=side: s.run("up")))
                 got.setdefault("down_fake_ms", []).append(timed(lambda s=side: s.run("down")))

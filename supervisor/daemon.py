@@ -23,8 +23,8 @@ from . import ports, process, shm, statefiles
 from .errors import Conflict, FarmhandError
 from .health import HealthServer
 from .lock import InstanceLock, LockHeld
-from .metrics import RuntimeView, SupervisorMetrics
 from .notify import sd_notify
+from .observed import ProbeLatency, RuntimeView
 from .paths import Paths
 from .readiness import FIRST_PROBE_DELAY, next_probe_delay, probe_once
 from .refs import MissingSecret, expand_env
@@ -98,7 +98,8 @@ class Supervisor:
         self.notified_ready = False
         self.epoch = 0  # counts `farmhand up` retries of failed runtimes (SIGUSR1)
         self.health_server: HealthServer | None = None
-        self.metrics = SupervisorMetrics(paths, self.metric_views)
+        self.probe_latency = ProbeLatency()
+        self._metrics = None  # made at the first scrape (metrics.py)
         self._written_processes: dict | None = None
         self.instance = InstanceLock(paths.supervisor_lock)
 
@@ -140,7 +141,7 @@ class Supervisor:
 
     def _serve_health(self) -> None:
         try:
-            self.health_server = HealthServer(self.spec.host, self.spec.port, self.health, self.metrics.render)
+            self.health_server = HealthServer(self.spec.host, self.spec.port, self.health, self.metrics_text)
         except OSError as exc:
             pid, cmd = ports.holder(self.spec.port)
             who = f"pid {pid} ({cmd})" if pid else cmd
@@ -164,6 +165,15 @@ class Supervisor:
             "supervisor": {"pid": os.getpid(), "uptime_s": round(time.monotonic() - self.started, 3)},
             "runtimes": runtimes,
         }
+
+    def metrics_text(self) -> bytes:
+        """GET /metrics. prometheus-client is imported at the first scrape, never at start: it
+        is ~30 ms of every `farmhand up` otherwise."""
+        if self._metrics is None:
+            from .metrics import SupervisorMetrics
+
+            self._metrics = SupervisorMetrics(self.paths, self.metric_views, self.probe_latency)
+        return self._metrics.render()
 
     def metric_views(self) -> list[RuntimeView]:
         """Each runtime as /metrics reports it, read under the lock."""
@@ -354,7 +364,7 @@ class Supervisor:
                                       spec.readiness_expect, timeout=spec.liveness_timeout_s,
                                       body="" if spec.liveness_url else spec.readiness_body, token=rt.probe_token)
                 if answered:
-                    self.metrics.observe_probe(rt.name, time.monotonic() - t0)
+                    self.probe_latency.observe(rt.name, time.monotonic() - t0)
                 self.events.put(("live", rt, (gen, answered)))
                 self._note_shm(rt, popen)
                 continue
@@ -420,7 +430,8 @@ class Supervisor:
             rt.log.close()
         if self.health_server is not None:
             self.health_server.close()
-        self.metrics.close()
+        if self._metrics is not None:
+            self._metrics.close()
         for path in (self.paths.processes, self.paths.supervisor_address):
             path.unlink(missing_ok=True)
         self.instance.release()

@@ -15,64 +15,37 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
 import psutil
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from . import statefiles
 from .fsio import fingerprint_matches
+from .observed import ProbeLatency, RuntimeView
 from .paths import Paths
 from .states import State
 from .stepids import model_name
 
 BACKEND_TIMEOUT_S = 1.0  # one slow backend must not stall a scrape
-PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-@dataclass(frozen=True)
-class RuntimeView:
-    """One runtime as the collector sees it, taken under the supervisor's lock."""
-
-    name: str
-    backend: str
-    variant: str
-    state: str
-    restarts: int
-    ready_after_s: float | None
-    uptime_s: float
-    pid: int | None
-    devices: tuple[str, ...]
-    roles: tuple[str, ...]
-    models: tuple[str, ...]
-    metrics_url: str
-    metrics_token: str
 
 
 class SupervisorMetrics(Collector):
-    """The registry behind /metrics: `views()` gives the runtimes now; probe latencies are
-    observed as they happen (observe_probe)."""
+    """The registry behind /metrics: `views()` gives the runtimes now, `probes` the latencies the
+    supervisor's watchers observed."""
 
-    def __init__(self, paths: Paths, views: Callable[[], list[RuntimeView]]):
-        self.paths, self.views = paths, views
+    def __init__(self, paths: Paths, views: Callable[[], list[RuntimeView]], probes: ProbeLatency):
+        self.paths, self.views, self.probes = paths, views, probes
         self.registry = CollectorRegistry(auto_describe=False)
-        self.probe_latency = Histogram("farmhand_runtime_probe_seconds", "Liveness probe latency.", ["runtime"],
-                                       buckets=PROBE_BUCKETS, registry=self.registry)
         self.registry.register(self)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="metrics")
-        self._cpu_lock = threading.Lock()
-
-    def observe_probe(self, runtime: str, seconds: float) -> None:
-        self.probe_latency.labels(runtime).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -86,6 +59,7 @@ class SupervisorMetrics(Collector):
         scrapes = {v.name: self._pool.submit(scrape, v.metrics_url, v.metrics_token)
                    for v in views if v.metrics_url and v.state in (State.READY.value, State.UNHEALTHY.value)}
         yield from runtime_families(views)
+        yield probe_family(self.probes)
         yield from process_families(views)
         yield from role_families(statefiles.read_deployment(self.paths))
         yield from store_families(self.paths)
@@ -125,6 +99,13 @@ def runtime_families(views: list[RuntimeView]) -> Iterable[Metric]:
         for device in v.devices:
             devices.add_metric([v.name, device], 1)
     return state, restarts, ready, uptime, devices
+
+
+def probe_family(probes: ProbeLatency) -> Metric:
+    family = HistogramMetricFamily("farmhand_runtime_probe_seconds", "Liveness probe latency.", labels=["runtime"])
+    for runtime, (buckets, total) in sorted(probes.snapshot().items()):
+        family.add_metric([runtime], buckets, total)
+    return family
 
 
 def process_families(views: list[RuntimeView]) -> Iterable[Metric]:

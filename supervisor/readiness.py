@@ -37,3 +37,4 @@ def probe_once(host: str, port: int, path: str, expect: int, timeout: float = 2.
         return False
     finally:
         conn.close()
+

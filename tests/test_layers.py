@@ -21,7 +21,7 @@ PACKAGE = REPO / "supervisor"
 LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"supervisor", "errors", "paths", "cpulevel", "policy", "states", "notify", "progress", "projectfs",
               "process", "fsio", "memo", "yamlio", "gguf", "runlog", "health", "lock", "specs", "ports", "refs",
-              "stepids", "statefiles", "identity", "readiness", "shm"}),
+              "stepids", "statefiles", "identity", "readiness", "shm", "observed"}),
     ("runtime", {"daemon", "client", "endpoint", "metrics", "watch"}),
     ("facts", {"facts", "facts.hostio", "facts.parsers", "facts.probes"}),
     ("world", {"fetcher", "extract", "sources", "sources.base", "sources.file", "sources.hf", "sources.http",
@@ -45,6 +45,8 @@ _COMMANDS = ("each command imports what it runs when it runs: `status`, `up` and
 ALLOWED_LOCAL = {
     **dict.fromkeys(("cli", "cli.common", "cli.host", "cli.converge", "cli.runtimes", "cli.models", "cli.ship"),
                     _COMMANDS),
+    "daemon": "prometheus-client (metrics) is imported at the first scrape of /metrics: ~30 ms of every start "
+              "otherwise (bench/revisions.py up_fake)",
     "status": "the common case is a record read and one request: psutil (client) loads only when the record does "
               "not lead to the supervisor, the backends only for a server farmhand uses but does not run (bench/)",
 }
