@@ -40,7 +40,7 @@ from .base import (
     ServedModel,
     client_host,
 )
-from .llamacpp_build import build_params, with_build_env
+from .llamacpp_build import build_params, template_choice, with_build_env
 
 PACKAGE, VERSION = "llama-cpp-python", "0.3.36"
 # Multimodal (llava/mtmd) is not built: farmhand serves text models, and it is minutes of build.
@@ -109,18 +109,8 @@ server.main()
 
 def chat_format(served: ServedModel) -> tuple[str | None, str]:
     """(chat format to pass or None for the GGUF's own template, why) for a served model."""
-    if served.model.chat_template:
-        name = TEMPLATE_NAMES.get(served.model.chat_template, served.model.chat_template)
-        return name, f"{name} (set in the profile)"
-    info = served.info
-    if info is None:
-        return None, "the file's own, checked once the file is here"
-    if info.has_chat_template:
-        return None, "the GGUF's own"
-    arch = info.architecture or "?"
-    name = CHAT_FORMATS.get(arch, FALLBACK_FORMAT)
-    how = "for its architecture" if arch in CHAT_FORMATS else "farmhand's fallback for an unknown one"
-    return name, f"{name} ({how} {arch}; the GGUF has none)"
+    return template_choice(served, CHAT_FORMATS, (FALLBACK_FORMAT, "farmhand's fallback for an unknown one"),
+                           "for its architecture", TEMPLATE_NAMES)
 
 
 class LlamaCppPython(Backend):

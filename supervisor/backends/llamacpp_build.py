@@ -85,3 +85,22 @@ def with_build_env(spec: InstallSpec, facts: dict | None) -> InstallSpec:
     params["build_env"] = {"CMAKE_ARGS": " ".join(list(params.pop("cmake_args")) + VARIANT_FLAGS[spec.variant]
                                                   + cpulevel.cmake_args(level))}
     return type(spec).make(spec.backend, spec.method, spec.variant, params)
+
+
+def template_choice(served, by_arch: dict[str, str], fallback: tuple[str, str], known_how: str,
+                    renamed: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(template name to pass or None for the GGUF's own, why) for a served model, in the names
+    of one llama.cpp server: `by_arch` maps a GGUF architecture to its template (`known_how`
+    says so), `fallback` is (name, how) for an unknown one; `renamed` translates the llama.cpp
+    name a profile's chat_template gives into this server's."""
+    if served.model.chat_template:
+        name = (renamed or {}).get(served.model.chat_template, served.model.chat_template)
+        return name, f"{name} (set in the profile)"
+    info = served.info
+    if info is None:
+        return None, "the file's own, checked once the file is here"
+    if info.has_chat_template:
+        return None, "the GGUF's own"
+    arch = info.architecture or "?"
+    name, how = (by_arch[arch], known_how) if arch in by_arch else fallback
+    return name, f"{name} ({how} {arch}; the GGUF has none)"
