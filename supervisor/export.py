@@ -98,8 +98,17 @@ def prometheus(targets: list[str], *, interval: str = "15s", job: str = "farmhan
         raise BadInput(f"--interval {interval!r}: expected a Prometheus duration such as 15s, 1m")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_-]*$", job):
         raise BadInput(f"--job {job!r}: letters, digits, _ and - only")
+    seconds = _duration_s(interval)
+    if seconds <= 0:
+        raise BadInput(f"--interval {interval!r}: must be more than 0")
+    # Prometheus refuses a timeout longer than the interval: 5 s, or the interval when shorter.
     doc = {"scrape_configs": [{"job_name": job, "metrics_path": "/metrics", "scrape_interval": interval,
-                               "scrape_timeout": "5s" if interval not in ("1s", "2s", "3s", "4s") else interval,
+                               "scrape_timeout": interval if seconds < 5 else "5s",
                                "static_configs": [{"targets": targets}]}]}
     return ("# Written by `farmhand export prometheus`: scrape farmhand's supervisor (GET /metrics).\n"
             + yaml.safe_dump(doc, sort_keys=False))
+
+
+def _duration_s(text: str) -> float:
+    number, unit = re.match(r"^([0-9]+)(ms|s|m|h)$", text).groups()
+    return int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]

@@ -188,6 +188,8 @@ def relabel(text: str, view: RuntimeView, families: dict[str, Metric]) -> None:
     except ValueError:
         return  # not Prometheus text: nothing passed through, and the scrape still succeeds
     for family in parsed:
+        if family.name.startswith("farmhand_"):
+            continue  # farmhand's own names are farmhand's: a backend's would make the scrape invalid
         merged = families.get(family.name)
         if merged is None:
             merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 
+import pytest
 import requests
+import yaml
+from checks import one_line_error
 from conftest import fake_spec, free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -87,3 +92,46 @@ def test_metrics_of_runtimes_and_their_backends(farmhand):
         assert refused.status_code == 403
     finally:
         farmhand.run("down", check=True)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--target", "127.0.0.1:11545", "--interval", "500ms"], {"scrape_interval": "500ms", "scrape_timeout": "500ms"}),
+    (["--target", "127.0.0.1:11545", "--interval", "1m"], {"scrape_interval": "1m", "scrape_timeout": "5s"}),
+    (["--target", "[::1]:11545", "--target", "node-2.lan:11545", "--job", "fleet"],
+     {"job_name": "fleet", "static_configs": [{"targets": ["[::1]:11545", "node-2.lan:11545"]}]}),
+], ids=["sub-second", "minute", "two-targets"])
+def test_export_prometheus_writes_a_config_promtool_accepts(farmhand, tmp_path, args, expected):
+    out = farmhand.run("export", "prometheus", *args, check=True).stdout
+    (job,) = yaml.safe_load(out)["scrape_configs"]
+    assert expected.items() <= job.items(), job
+    if shutil.which("promtool"):
+        (tmp_path / "p.yml").write_text(out)
+        check = subprocess.run(["promtool", "check", "config", str(tmp_path / "p.yml")], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--target", "127.0.0.1"], "--target '127.0.0.1': expected HOST:PORT"),
+    (["--target", "127.0.0.1:70000"], "--target '127.0.0.1:70000': expected HOST:PORT"),
+    (["--target", "a:1", "--interval", "soon"], "--interval 'soon': expected a Prometheus duration"),
+    (["--target", "a:1", "--interval", "0s"], "--interval '0s': must be more than 0"),
+    (["--target", "a:1", "--job", "x y"], "--job 'x y': letters, digits, _ and - only"),
+    ([], "no supervisor address known for this home: run `farmhand apply` first"),
+], ids=["no-port", "port-range", "interval", "zero-interval", "job", "no-supervisor"])
+def test_export_prometheus_bad_input_is_one_line(farmhand, args, expected):
+    proc = farmhand.run("export", "prometheus", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in one_line_error(proc)
+
+
+def test_a_backend_cannot_shadow_farmhands_own_series():
+    from supervisor.metrics import relabel
+    from supervisor.observed import RuntimeView
+
+    view = RuntimeView("a", "fake", "cpu", "ready", 0, 1.0, 1.0, 1, (), ("default",), ("m",), "http://x/metrics", "")
+    families: dict = {}
+    relabel("# TYPE farmhand_runtime_state gauge\nfarmhand_runtime_state 1\n# TYPE ok_total counter\nok_total 2\n",
+            view, families)
+    assert list(families) == ["ok"]
+    (sample,) = families["ok"].samples
+    assert sample.labels == {"runtime": "a", "role": "default", "model": "m"} and sample.value == 2
