@@ -2,11 +2,13 @@
 (the shared wheelhouse: once per checkout), serves the real Gemma 3 270M GGUF with
 `llama_cpp.server`, and passes the same answer checks as llama-server: the chat prompt is
 Gemma's own turn format, the answer is words and not template tokens, the weights compute. CORS
-stays closed to a foreign origin; a re-run changes nothing; down and destroy leave nothing."""
+stays closed to a foreign origin; the role's reply cap holds; a re-run changes nothing; down and destroy leave nothing."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 import psutil
 import pytest
@@ -23,7 +25,8 @@ def test_llama_cpp_python_serves_the_real_model(farmhand, gemma_gguf, tmp_path):
     overrides = {
         "supervisor": {"port": 0, "grace_s": 5},
         "deployment": {"runtimes": {"llama-server": None, "py": {"backend": "llama-cpp-python"}},
-                       "roles": {"default": {"use": [{"model": "gemma3-270m", "runtime": "py", "ctx_size": 2048}]}}},
+                       "roles": {"default": {"use": [{"model": "gemma3-270m", "runtime": "py", "ctx_size": 2048}],
+                                             "model_api_parameters": {"max_tokens": 24}}}},
         "models": {"gemma3-270m": {"sources": [f"file://{gemma_gguf}"]}},
     }
     (tmp_path / "o.yaml").write_text(yaml.safe_dump(overrides, sort_keys=False))
@@ -47,6 +50,27 @@ def test_llama_cpp_python_serves_the_real_model(farmhand, gemma_gguf, tmp_path):
         "model": "gemma3-270m", "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "Name one colour."}]}).json()
     assert reply["usage"]["prompt_tokens"] == expected, (reply["usage"], expected)
+
+    # The role's reply cap holds for a request that asks for more, or for nothing (llama-server's --n-predict).
+    # A chat request without max_tokens would otherwise run to the end of the context.
+    for path, body in (("chat/completions", {"messages": [{"role": "user", "content": "Tell me a long story."}]}),
+                       ("completions", {"prompt": "Once upon a time", "max_tokens": 1000})):
+        capped = requests.post(f"{url}/{path}", timeout=120, json={"model": "gemma3-270m", "temperature": 0,
+                                                                   **body}).json()
+        assert capped["usage"]["completion_tokens"] <= 24, (path, capped["usage"])
+
+    # Liveness while a long reply is written: its own routes wait for the model; the shim's /health does not.
+    long = threading.Thread(target=lambda: requests.post(f"{url}/chat/completions", timeout=120, json={
+        "model": "gemma3-270m", "temperature": 0, "messages": [{"role": "user", "content": "Tell me a story."}]}))
+    long.start()
+    during = []
+    try:
+        while long.is_alive():
+            during.append(requests.get(f"{base}/health", timeout=1).status_code)
+            time.sleep(0.05)
+    finally:
+        long.join()
+    assert during and set(during) == {200}, during
 
     # CORS: a foreign origin gets no allow header (the server alone would allow every origin).
     pre = requests.options(f"{url}/chat/completions", timeout=10, headers={

@@ -64,11 +64,11 @@ def test_runs_llama_cpp_server_through_the_cors_shim(tmp_path):
     model = tmp_path / "home/data/models/gemma-3-270m-q4_k_m.gguf"
     origins = json.dumps(list(rt.decl.cors_origins))
     assert spec.argv[0].endswith("/venv/bin/python") and list(spec.argv[1:]) == [
-        str(shim), origins, "--model", str(model), "--host", "127.0.0.1", "--port", str(spec.port),
+        str(shim), origins, "512", "--model", str(model), "--host", "127.0.0.1", "--port", str(spec.port),
         "--model_alias", "gemma3-270m", "--n_ctx", "2048", "--n_gpu_layers", "0"]  # the file's template: not read yet
     assert p.renderer.files(rt) == {shim: lcp.SHIM}
     assert "allow_origins=ORIGINS" in lcp.SHIM and "allow_credentials=False" in lcp.SHIM
-    assert spec.readiness_url == f"http://127.0.0.1:{spec.port}/v1/models"
+    assert spec.readiness_url == f"http://127.0.0.1:{spec.port}/health"  # the shim's, free of the model's lock
     assert [(e["provider"], e["model"], e["base_url"]) for e in p.entries] == [
         ("openai", "gemma3-270m", f"http://127.0.0.1:{spec.port}/v1")]
 
@@ -85,14 +85,13 @@ def test_chat_format_for_a_gguf_without_a_template(arch, has_template, profile_t
     assert lcp.chat_format(served)[0] == expected
 
 
-def test_its_key_is_an_env_reference_and_the_probe_sends_it(tmp_path):
+def test_its_key_is_an_env_reference(tmp_path):
     doc = json.loads(json.dumps(PYTHON_RUNTIME))
     doc["deployment"]["runtimes"]["py"] |= {"api_key_env": "PY_KEY", "cors_origins": ["https://app.example"]}
     (spec,) = build(tmp_path, host(), profile="cpu-small", overrides=doc).renderer.render().runtimes
     assert dict(spec.env)["API_KEY"] == "${env:PY_KEY}"
     assert not any("PY_KEY" in a or "api_key" in a for a in spec.argv)
-    assert spec.readiness_key_env == "API_KEY"
-    assert spec.argv[2] == '["https://app.example"]'
+    assert spec.argv[2] == '["https://app.example"]' and spec.argv[3] == "512"
 
 
 @pytest.mark.parametrize("runtime, expected", [

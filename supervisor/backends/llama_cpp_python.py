@@ -11,12 +11,17 @@ level's, never -march=native, pip's wheel cache off), without its multimodal lib
 models only: minutes less), then installed no-deps beside its server's dependencies at pinned
 versions. The binding loads its libllama.so at import, so this is the shared build.
 
-Started as `python SERVE ORIGINS --model FILE --host --port --n_ctx --model_alias MODEL` where
-SERVE is a runtime file farmhand writes: it runs `llama_cpp.server`'s own main() after one
-change, because that server hard-codes CORS to every origin with credentials: the shim puts
-farmhand's `cors_origins` (none by default) in its place. Ready when GET /v1/models answers
-200 (the model is loaded before the port opens); with an API key every route needs it, so the
-probe sends it. One model per process; it answers any model name with that model.
+Started as `python SERVE ORIGINS MAX_TOKENS --model FILE --host --port --n_ctx --model_alias
+MODEL`, where SERVE is a runtime file farmhand writes: it runs `llama_cpp.server`'s own main()
+after four changes. That server hard-codes CORS to every origin with credentials: the shim
+puts farmhand's `cors_origins` (none by default) in its place, and adds a /health that does
+not wait for the model's lock. It has no server-wide reply cap:
+the shim caps each reply at the role's max_tokens, as llama-server's --n-predict does. It runs
+half as many threads as there are logical CPUs: the shim gives it one per physical core, as
+llama-server has. Ready when the shim's GET /health answers 200: the model is loaded before the
+port opens, and the server's own routes all wait for the model's lock (a probe of /v1/models
+fails while a reply is written). One model per process; it
+answers any model name with that model.
 """
 
 from __future__ import annotations
@@ -63,8 +68,10 @@ FALLBACK_FORMAT = "chatml"
 TEMPLATE_NAMES = {"llama3": "llama-3", "llama2": "llama-2", "chatglm4": "chatglm3"}
 
 SHIM = '''"""Written by farmhand: llama_cpp.server's own main(), with CORS limited to the origins
-farmhand was given (the server allows every origin, with credentials), and one thread per
-physical core like llama-server (its own default is half the logical CPUs)."""
+farmhand was given (the server allows every origin, with credentials), every reply capped at the
+role's max_tokens like llama-server's --n-predict (a request without one would run to the end of
+the context), and one thread per physical core like llama-server (its own default is half the
+logical CPUs). argv: ORIGINS (JSON) MAX_TOKENS (0: no cap), then llama_cpp.server's own."""
 import json
 import os
 import sys
@@ -73,8 +80,10 @@ from starlette.middleware.cors import CORSMiddleware
 
 import llama_cpp.server.__main__ as server
 import llama_cpp.server.app as app_module
+from llama_cpp import Llama
 
 ORIGINS = json.loads(sys.argv.pop(1))
+CAP = int(sys.argv.pop(1))
 made = app_module.create_app
 
 
@@ -91,8 +100,15 @@ def physical_cores():
     return max(1, len(cores))
 
 
+def health():
+    return {"status": "ok"}
+
+
 def create_app(*args, **kwargs):
     app = made(*args, **kwargs)
+    # Its every route waits for the model's lock, so a probe would fail while a reply is being
+    # written: /health answers without it (the model is loaded before the port opens).
+    app.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
     app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     if ORIGINS:
         app.add_middleware(CORSMiddleware, allow_origins=ORIGINS, allow_credentials=False,
@@ -100,6 +116,17 @@ def create_app(*args, **kwargs):
     return app
 
 
+def capped(method):
+    def call(self, *args, max_tokens=None, **kwargs):
+        if CAP and (max_tokens is None or max_tokens <= 0 or max_tokens > CAP):
+            max_tokens = CAP
+        return method(self, *args, max_tokens=max_tokens, **kwargs)
+
+    return call
+
+
+Llama.create_chat_completion = capped(Llama.create_chat_completion)
+Llama.create_completion = capped(Llama.create_completion)
 if "--n_threads" not in sys.argv:
     sys.argv += ["--n_threads", str(physical_cores())]
 server.create_app = create_app
@@ -144,11 +171,7 @@ class LlamaCppPython(Backend):
         return self.version_of_package(binary, PACKAGE)
 
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
-        return ReadinessProbe(f"http://{client_host(host)}:{port}/v1/models")
-
-    def readiness(self, request: LaunchRequest) -> ReadinessProbe:
-        probe = self.readiness_probe(request.port, request.host)
-        return ReadinessProbe(probe.url, key_env="API_KEY") if request.decl.api_key_env else probe
+        return ReadinessProbe(f"http://{client_host(host)}:{port}/health")  # the shim's: see SHIM
 
     def serve_path(self, request: LaunchRequest) -> Path:
         return request.paths.runtime_file(request.name, SERVE)
@@ -159,7 +182,7 @@ class LlamaCppPython(Backend):
     def launch(self, request: LaunchRequest) -> Launch:
         (served,) = request.models
         argv = [request.binary, str(self.serve_path(request)), json.dumps(list(request.decl.cors_origins)),
-                "--model", str(store_path(request.paths.models, served.model)), "--host", request.host,
+                str(served.max_tokens or 0), "--model", str(store_path(request.paths.models, served.model)), "--host", request.host,
                 "--port", str(request.port), "--model_alias", self.model_id(served), "--n_ctx", str(served.ctx_size),
                 "--n_gpu_layers", "-1" if request.placement and request.placement.on_gpu else "0"]
         fmt, why = chat_format(served)
