@@ -17,6 +17,9 @@ import yaml
 from checks import assert_real_gemma_replies, files_under, listening_ports
 from conftest import home_processes, pid_gone
 
+from supervisor.backends import get_backend
+from supervisor.backends.base import InstallRejected
+
 pytestmark = pytest.mark.e2e
 GEMMA_CHAT = "<start_of_turn>user\nName one colour.<end_of_turn>\n<start_of_turn>model\n"
 
@@ -41,6 +44,11 @@ def test_llama_cpp_python_serves_the_real_model(farmhand, gemma_gguf, tmp_path):
     assert venvs and all(v.stat().st_mode & 0o077 == 0 for v in venvs), [oct(v.stat().st_mode) for v in venvs]
     url = summary["url"]
     base = url.removesuffix("/v1")
+    # Its install check: this CPU build loads, and would be refused as a GPU build (it cannot offload).
+    backend, python = get_backend("llama-cpp-python"), venvs[0] / "bin" / "python"
+    assert backend.verify_install(python, "cpu") is None
+    with pytest.raises(InstallRejected, match="cannot offload to a GPU"):
+        backend.verify_install(python, "cuda")
 
     # The same checks as llama-server's answers, and the prompt in Gemma's turn format: the chat
     # request's prompt is exactly as many tokens as Gemma's format makes (ChatML or llama-2 differ).

@@ -27,6 +27,7 @@ answers any model name with that model.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from ..ports import LOOPBACK
@@ -39,6 +40,7 @@ from .base import (
     USE_PORT,
     USE_ROLES,
     Backend,
+    InstallRejected,
     Launch,
     LaunchRequest,
     ReadinessProbe,
@@ -169,6 +171,25 @@ class LlamaCppPython(Backend):
 
     def version_of(self, binary: Path) -> str | None:
         return self.version_of_package(binary, PACKAGE)
+
+    def verify_install(self, binary: Path, variant: str) -> str | None:
+        """The binding must load its libllama.so; a GPU build must be able to offload (the
+        flag a CPU-only build of the same package says no to)."""
+        check = ("import sys, llama_cpp\n"
+                 "sys.exit(0 if sys.argv[1] == 'cpu' or llama_cpp.llama_supports_gpu_offload() else 3)")
+        try:
+            out = subprocess.run([str(binary), "-c", check, variant], capture_output=True, text=True, timeout=120,
+                                 stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise InstallRejected(f"llama-cpp-python: {binary} could not be run ({exc}); nothing was recorded as "
+                                  "installed") from None
+        if out.returncode == 3:
+            raise InstallRejected(f"llama-cpp-python was built for {variant}, but it cannot offload to a GPU "
+                                  "(llama_supports_gpu_offload() is false); nothing was recorded as installed")
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise InstallRejected(f"llama-cpp-python does not load ({last}); nothing was recorded as installed")
+        return None
 
     def readiness_probe(self, port: int, host: str = LOOPBACK) -> ReadinessProbe:
         return ReadinessProbe(f"http://{client_host(host)}:{port}/health")  # the shim's: see SHIM
