@@ -83,7 +83,7 @@ def kubernetes_for_plan(plan: dict, *, namespace: str, image: str, node_label: s
                       bundle_url=bundle_url, gpu_resources=resources)
 
 
-DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
+DURATION = re.compile(r"^([0-9]+)(ms|s|m|h)$")
 TARGET = re.compile(r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$|^\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}$")
 
 
@@ -110,5 +110,5 @@ def prometheus(targets: list[str], *, interval: str = "15s", job: str = "farmhan
 
 
 def _duration_s(text: str) -> float:
-    number, unit = re.match(r"^([0-9]+)(ms|s|m|h)$", text).groups()
+    number, unit = DURATION.match(text).groups()
     return int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]

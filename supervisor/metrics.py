@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -58,6 +59,8 @@ class SupervisorMetrics(Collector):
         views = self.views()
         scrapes = {v.name: self._pool.submit(scrape, v.metrics_url, v.metrics_token)
                    for v in views if v.metrics_url and v.state in (State.READY.value, State.UNHEALTHY.value)}
+        # The socket timeout bounds each read, not a backend that drips bytes: one deadline for all.
+        deadline = time.monotonic() + BACKEND_TIMEOUT_S + 0.5
         yield from runtime_families(views)
         yield probe_family(self.probes)
         yield from process_families(views)
@@ -69,13 +72,21 @@ class SupervisorMetrics(Collector):
         for view in views:
             if not view.metrics_url:
                 continue
-            future = scrapes.get(view.name)
-            text = future.result() if future is not None else None
+            text = _result(scrapes.get(view.name), deadline)
             up.add_metric([view.name], 1 if text is not None else 0)
             if text is not None:
                 relabel(text, view, passed)
         yield up
         yield from passed.values()
+
+
+def _result(future: Future | None, deadline: float) -> str | None:
+    if future is None:
+        return None
+    try:
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        return None
 
 
 def runtime_families(views: list[RuntimeView]) -> Iterable[Metric]:
@@ -165,10 +176,11 @@ def store_families(paths: Paths) -> Iterable[Metric]:
     return size, verified
 
 
-def scrape(url: str, token: str = "") -> str | None:
-    """The text at a runtime's /metrics, or None when it does not answer 200 in time."""
+def scrape(url: str, token: str = "", timeout: float = BACKEND_TIMEOUT_S) -> str | None:
+    """The text at a /metrics URL (a runtime's, or the supervisor's for `status --watch`), or None
+    when it does not answer 200 in time."""
     where = urlparse(url)
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=BACKEND_TIMEOUT_S)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=timeout)
     try:
         conn.request("GET", where.path or "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
         resp = conn.getresponse()

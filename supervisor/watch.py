@@ -6,14 +6,15 @@ cleanly. Parsing is pure (rows_from_metrics), so the table is tested without a t
 
 from __future__ import annotations
 
-import http.client
 import time
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import statefiles
+from .metrics import scrape
 from .paths import Paths
+from .ports import client_host
 
 # Generated-token counters of the backends that report them, as their /metrics name them.
 TOKEN_COUNTERS = ("llamacpp:tokens_predicted", "vllm:generation_tokens")
@@ -67,15 +68,7 @@ def fetch_metrics(paths: Paths, timeout: float = 5.0) -> str | None:
     record, _ = statefiles.read_supervisor(paths)
     if record is None or not record.port:
         return None
-    conn = http.client.HTTPConnection(record.host, record.port, timeout=timeout)
-    try:
-        conn.request("GET", "/metrics")
-        resp = conn.getresponse()
-        return resp.read().decode("utf-8", "replace") if resp.status == 200 else None
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
+    return scrape(f"http://{client_host(record.host)}:{record.port}/metrics", timeout=timeout)
 
 
 def _mib(value: float | None) -> str:

@@ -54,6 +54,7 @@ StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_y
 
 
 MAX_BYTES = 4 << 20  # profiles, overrides and llamafarm.yaml are a few KB
+MEMO_MAX_BYTES = 64 << 10  # larger documents are parsed each time: the memo is read by every command
 MAX_NODES = 200_000  # what the document holds with every alias expanded
 
 
@@ -90,7 +91,7 @@ def load_text(text: str, source: str) -> Any:
     if isinstance(known, str):
         return json.loads(known)  # a new object each time: callers may change what they get
     doc = _parse(text, source)
-    encoded = _json_exact(doc)
+    encoded = _json_exact(doc) if len(text) <= MEMO_MAX_BYTES else None
     if encoded is not None:
         memo.store("yaml", key, encoded)
     return doc
