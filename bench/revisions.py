@@ -1,7 +1,13 @@
 """The commands users wait on, timed for two checkouts of farmhand in the same run, interleaved
 and taking turns to go first (so machine load, and whatever the other side's last command left
 running, falls on both alike): a no-op `./bootstrap.py`, `status`, `up` and `down`.
-Prints each median and the ratio NEW / BASE. Each checkout runs with its own .venv.
+Each checkout runs with its own .venv.
+
+Prints, per command, each side's median wall time and CPU time (user + system of the command's
+own process and what it waited for: for `up`, the client, not the detached supervisor), the
+ratio NEW / BASE of the medians, and the median of the paired ratios (run i of NEW over run i of
+BASE, taken back to back) with a bootstrap 90% interval. On a shared machine single runs vary by
++-20%: read "no slower" as an interval that reaches 1.0 or a paired median at most 1.05.
 
     .venv/bin/python bench/revisions.py BASE_CHECKOUT [NEW_CHECKOUT]   (NEW: this one)
 
@@ -12,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import FAKE, GEMMA, MODELS, WHEELHOUSE, free_port  # noqa: E402
 
-RUNS = int(os.environ.get("BENCH_RUNS", "7"))
+RUNS = int(os.environ.get("BENCH_RUNS", "11"))
 
 
 class Checkout:
@@ -50,10 +58,26 @@ class Checkout:
                        capture_output=True, check=True)
 
 
-def timed(fn) -> float:
+def timed(fn) -> tuple[float, float]:
+    """(wall ms, CPU ms of the processes this one waited for) of one call."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     fn()
-    return (time.perf_counter() - t0) * 1000
+    wall = (time.perf_counter() - t0) * 1000
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1000
+
+
+def paired_ratio(base: list[float], new: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """(median, 5th, 95th percentile of the bootstrapped median) of new[i] / base[i]."""
+    ratios = [n / b for b, n in zip(base, new)]
+    rng = random.Random(17)  # the same interval for the same samples
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.05 * resamples)], medians[int(0.95 * resamples) - 1]
+
+
+def record(samples: dict[str, list], key: str, sample: tuple[float, float]) -> None:
+    samples.setdefault(key, []).append(sample)
 
 
 def main() -> None:
@@ -70,10 +94,10 @@ def main() -> None:
         for i in range(RUNS):
             for side in sides if i % 2 == 0 else sides[::-1]:  # who goes first alternates: no position bias
                 got = samples[side.label]
-                got.setdefault("noop_bootstrap_ms", []).append(timed(side.bootstrap))
-                got.setdefault("status_ms", []).append(timed(lambda s=side: s.run("status")))
-                got.setdefault("down_ms", []).append(timed(lambda s=side: s.run("down")))
-                got.setdefault("up_ms", []).append(timed(lambda s=side: s.run("up")))
+                record(got, "noop_bootstrap", timed(side.bootstrap))
+                record(got, "status", timed(lambda s=side: s.run("status")))
+                record(got, "down", timed(lambda s=side: s.run("down")))
+                record(got, "up", timed(lambda s=side: s.run("up")))
         # up and down of a fake runtime alone (no model load): the supervisor's own cost
         for side in sides:
             side.run("destroy", "--yes", "--purge-models", check=False)
@@ -87,18 +111,30 @@ def main() -> None:
         for i in range(RUNS):
             for side in sides if i % 2 == 0 else sides[::-1]:
                 got = samples[side.label]
-                got.setdefault("up_fake_ms", []).append(timed(lambda s=side: s.run("up")))
-                got.setdefault("down_fake_ms", []).append(timed(lambda s=side: s.run("down")))
+                record(got, "up_fake", timed(lambda s=side: s.run("up")))
+                record(got, "down_fake", timed(lambda s=side: s.run("down")))
     finally:
         for side in sides:
             side.run("down", check=False)
             side.run("destroy", "--yes", "--purge-models", check=False)
     out = {}
+    print(f"{'command':16s} {'wall base':>10s} {'new':>8s} {'ratio':>6s}  {'paired [90%]':>20s}   "
+          f"{'cpu base':>9s} {'new':>8s} {'ratio':>6s}")
     for key in samples["base"]:
-        b, n = statistics.median(samples["base"][key]), statistics.median(samples["new"][key])
-        out[key] = {"base": round(b, 1), "new": round(n, 1), "ratio": round(n / b, 3)}
-        print(f"{key:20s} base {b:8.1f}  new {n:8.1f}  ratio {n / b:5.2f}")
-    print(json.dumps(out), file=sys.stderr)
+        row = {}
+        for i, what in enumerate(("wall", "cpu")):
+            b = [x[i] for x in samples["base"][key]]
+            n = [x[i] for x in samples["new"][key]]
+            mid, lo, hi = paired_ratio(b, n)
+            row[what] = {"base_ms": round(statistics.median(b), 1), "new_ms": round(statistics.median(n), 1),
+                         "ratio": round(statistics.median(n) / statistics.median(b), 3),
+                         "paired_ratio": round(mid, 3), "paired_90": [round(lo, 3), round(hi, 3)]}
+        out[key] = row
+        w, c = row["wall"], row["cpu"]
+        print(f"{key:16s} {w['base_ms']:10.1f} {w['new_ms']:8.1f} {w['ratio']:6.2f}  "
+              f"{w['paired_ratio']:6.2f} [{w['paired_90'][0]:.2f}, {w['paired_90'][1]:.2f}]   "
+              f"{c['base_ms']:9.1f} {c['new_ms']:8.1f} {c['ratio']:6.2f}")
+    print(json.dumps({"runs": RUNS, "commands": out}), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,26 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
-from . import endpoint, ports, process, statefiles
+from . import endpoint, ports, statefiles
 from .errors import EXIT_CONFLICT, Conflict, FarmhandError
 from .lock import holders, is_held
 from .paths import Paths, private_dir
 from .ports import LOOPBACK
-from .process import identity_of, is_alive
 from .statefiles import SupervisorRecord
-
-
-def _listening_port(pid: int) -> tuple[str, int] | None:
-    try:
-        conns = psutil.Process(pid).net_connections(kind="inet")
-    except psutil.Error:
-        return None
-    for conn in conns:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr:
-            return conn.laddr.ip, conn.laddr.port
-    return None
 
 
 def locate(paths: Paths) -> SupervisorRecord | None:
@@ -41,19 +27,21 @@ def locate(paths: Paths) -> SupervisorRecord | None:
     process (identity-checked), else by the instance lock it holds, whatever the record says
     (a damaged or lost supervisor.json must never make a running supervisor look stopped)."""
     record, damaged = statefiles.read_supervisor(paths)
-    if record is not None and is_alive(record.ident):
+    held_by = holders(paths.supervisor_lock) if record is None else None
+    if held_by == []:
+        return None  # no record and no holder of the lock: none runs, and the process table is not read
+    from . import process  # psutil: not loaded by an `up` that finds nothing running (bench/ up_fake)
+
+    if record is not None and process.is_alive(record.ident):
         return record
-    for pid in holders(paths.supervisor_lock):
-        ident = identity_of(pid)
+    for pid in holders(paths.supervisor_lock) if held_by is None else held_by:
+        ident = process.identity_of(pid)
         if ident is None or pid == os.getpid():
             continue
-        try:
-            cmd = psutil.Process(pid).cmdline()
-            if not cmd or cmd[-1] != "run" or "supervisor" not in cmd:  # `-m supervisor [--system] run`
-                continue
-        except psutil.Error:
+        cmd = process.command_line(pid)
+        if not cmd or cmd[-1] != "run" or "supervisor" not in cmd:  # `-m supervisor [--system] run`
             continue
-        host, port = _listening_port(pid) or (LOOPBACK, 0)
+        host, port = process.listening_address(pid) or (LOOPBACK, 0)
         return SupervisorRecord(ident, host, port, "", damaged or f"{paths.supervisor_address} is missing")
     return None
 
@@ -111,7 +99,9 @@ def up(paths: Paths, report, timeout: float | None = None) -> dict:
     deadline = time.monotonic() + timeout
     delay = 0.002
     while True:
-        body = health(paths, timeout=1.0)
+        # A supervisor this call started writes its record before it serves; finding it by its
+        # lock (a process-table scan) is for a record lost beside a running one, not for this wait.
+        body = endpoint.health(paths, timeout=1.0) if child is not None else health(paths, timeout=1.0)
         if body is not None and body["status"] in ("ok", "failed") and body.get("epoch", 0) >= (epoch or 0):
             break
         if child is not None and child.poll() is not None and supervisor_record(paths) is None:
@@ -145,6 +135,8 @@ def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
     """Stop the supervisor and its runtimes. Idempotent: nothing running is success. The
     supervisor is found by its record or by the lock it holds, and "stopped" is said only once it
     is seen gone."""
+    from . import process  # psutil (see locate)
+
     t0 = time.monotonic()
     found = locate(paths)
     specs = statefiles.read_specs_or_none(paths)

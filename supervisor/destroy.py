@@ -14,7 +14,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from . import client, llamafarm, memo, projectfs, stepids, store
+from . import client, llamafarm, memo, process, projectfs, stepids, store
 from .deploy import undeploy
 from .errors import FarmhandError
 from .fsio import atomic_write
@@ -30,7 +30,9 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     ledger = Ledger(paths, tolerate_damage=True)
     removed_units = undeploy(paths, ledger)  # systemd stops its supervisor; then nothing restarts it
     client.down(paths)
-    ledger.reap_helpers()
+    if ledger.helpers():
+        process.reap_leftovers(ledger.helpers())
+        ledger.forget_helpers()
     sweep_temporaries(paths, list(ledger.projects()))
     removed, kept = list(removed_units), []
     if ledger.damaged:

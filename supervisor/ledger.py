@@ -25,7 +25,6 @@ from . import projectfs
 from .errors import BadInput
 from .fsio import atomic_write
 from .paths import Paths
-from .process import reap_leftovers
 
 LEDGER_VERSION = 2
 
@@ -138,15 +137,19 @@ class Ledger:
             self.data["helpers"] = [h for h in self.data.get("helpers", []) if h != ident]
             self.save()
 
-    def reap_helpers(self) -> list[int]:
-        """Kill the sessions of helpers an interrupted apply left running (identity-checked)."""
-
+    def helpers(self) -> list[dict]:
+        """The helper processes an interrupted apply left recorded (process identities, for
+        process.reap_leftovers; the ledger itself never touches a process)."""
         with self._lock:
-            helpers, self.data["helpers"] = list(self.data.get("helpers", [])), []
-        killed = reap_leftovers(helpers) if helpers else []
-        if helpers:
-            self.save()
-        return killed
+            return list(self.data.get("helpers", []))
+
+    def forget_helpers(self) -> None:
+        """Once they are reaped: a crash before this leaves them listed, to be reaped again."""
+        with self._lock:
+            if not self.data.get("helpers"):
+                return
+            self.data["helpers"] = []
+        self.save()
 
     # choices a re-run keeps ----------------------------------------------------------------------
     def pinned_roles(self, profile: str) -> dict[str, dict]:

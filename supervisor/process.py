@@ -49,6 +49,26 @@ def identity_of(pid: int, token: str = "") -> Identity | None:
         return None
 
 
+def command_line(pid: int) -> list[str]:
+    """The argv of process `pid` ([] when it is gone or this user cannot read it)."""
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []
+
+
+def listening_address(pid: int) -> tuple[str, int] | None:
+    """(host, port) of the first TCP socket process `pid` listens on, if any."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="inet")
+    except psutil.Error:
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr:
+            return conn.laddr.ip, conn.laddr.port
+    return None
+
+
 def is_alive(ident: Identity) -> bool:
     """The very process we recorded is still running (not a zombie, not a recycled pid: the same
     start time and, where recorded, the same executable)."""

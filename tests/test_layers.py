@@ -47,6 +47,8 @@ ALLOWED_LOCAL = {
                     _COMMANDS),
     "daemon": "prometheus-client (metrics) is imported at the first scrape of /metrics: ~30 ms of every start "
               "otherwise (bench/revisions.py up_fake)",
+    "client": "psutil (process) loads only when a record or a lock holder needs checking: an `up` that finds "
+              "nothing running reads two files and /proc/locks, ~25 ms less (bench/revisions.py up_fake)",
     "status": "the common case is a record read and one request: psutil (client) loads only when the record does "
               "not lead to the supervisor, the backends only for a server farmhand uses but does not run (bench/)",
 }

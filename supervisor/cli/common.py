@@ -47,7 +47,12 @@ def home_lock(paths, command: str, no_wait: bool):
         ledger = Ledger(paths, tolerate_damage=command in ("down", "destroy"))
         if ledger.damaged:
             click.echo(f"farmhand: warning: {ledger.damaged}", err=True)
-        ledger.reap_helpers()
+        helpers = ledger.helpers()
+        if helpers:
+            from ..process import reap_leftovers  # psutil: only when an interrupted apply left helpers
+
+            reap_leftovers(helpers)
+            ledger.forget_helpers()
         projects = list(ledger.projects())
     sweep_temporaries(paths, projects)
     return lock
