@@ -7,7 +7,15 @@ Prints, per command, each side's median wall time and CPU time (user + system of
 own process and what it waited for: for `up`, the client, not the detached supervisor), the
 ratio NEW / BASE of the medians, and the median of the paired ratios (run i of NEW over run i of
 BASE, taken back to back) with a bootstrap 90% interval. On a shared machine single runs vary by
-+-20%: read "no slower" as an interval that reaches 1.0 or a paired median at most 1.05.
++-20%, and two runs of this bench disagree by several percent on the same code.
+
+So, where valgrind is installed, each command then runs once more per side under
+`valgrind --tool=callgrind` with PYTHONHASHSEED=0, and the instructions it executed are
+counted: the same code gives the same count to within 1% (`up` and `down` poll while they wait;
+`status` and a no-op bootstrap repeat exactly), whatever else the machine is doing.
+That ratio is the "no slower" verdict; the times say what a user waits. (A no-op bootstrap counts
+its exec'd farmhand and the probes it runs; `up` and `down` count the client, not the
+supervisor it starts or stops.) BENCH_INSTRUCTIONS=0 skips it (about two minutes).
 
     .venv/bin/python bench/revisions.py BASE_CHECKOUT [NEW_CHECKOUT]   (NEW: this one)
 
@@ -16,10 +24,13 @@ Needs .cache/wheels and .cache/models here (make test builds and fetches them).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,10 +63,24 @@ class Checkout:
         return subprocess.run([self.python, "-m", "supervisor", *args], env=self.env, cwd=self.project,
                               capture_output=True, text=True, check=check)
 
+    def bootstrap_argv(self) -> list[str]:
+        return [self.python, str(self.root / "bootstrap.py"), "--profile", "cpu-small", "--port", str(self.port),
+                "--overrides", str(self.overrides)]
+
     def bootstrap(self) -> None:
-        subprocess.run([self.python, str(self.root / "bootstrap.py"), "--profile", "cpu-small", "--port",
-                        str(self.port), "--overrides", str(self.overrides)], env=self.env, cwd=self.project,
-                       capture_output=True, check=True)
+        subprocess.run(self.bootstrap_argv(), env=self.env, cwd=self.project, capture_output=True, check=True)
+
+    def instructions(self, argv: list[str], children: bool = False) -> int:
+        """Instructions `argv` executed under callgrind (its children's too when `children`)."""
+        logs = Path(tempfile.mkdtemp(prefix="farmhand-bench-callgrind-"))
+        try:
+            subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                            f"--log-file={logs}/%p.log", f"--trace-children={'yes' if children else 'no'}", *argv],
+                           env=self.env | {"PYTHONHASHSEED": "0"}, cwd=self.project, capture_output=True, check=True)
+            counts = [re.search(r"Collected : (\d+)", Path(f).read_text()) for f in glob.glob(f"{logs}/*.log")]
+            return sum(int(m.group(1)) for m in counts if m)
+        finally:
+            shutil.rmtree(logs, ignore_errors=True)
 
 
 def timed(fn) -> tuple[float, float]:
@@ -86,6 +111,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="farmhand-bench-revisions-"))
     sides = [Checkout(base, work, "base"), Checkout(new, work, "new")]
     samples: dict[str, dict[str, list[float]]] = {s.label: {} for s in sides}
+    counted: dict[str, dict[str, int]] = {}
     try:
         for side in sides:  # the first apply, then one warm-up run (bytecode written)
             side.run("apply", "--yes", "--profile", "cpu-small", "--port", str(side.port), "--overrides",
@@ -98,6 +124,13 @@ def main() -> None:
                 record(got, "status", timed(lambda s=side: s.run("status")))
                 record(got, "down", timed(lambda s=side: s.run("down")))
                 record(got, "up", timed(lambda s=side: s.run("up")))
+        if os.environ.get("BENCH_INSTRUCTIONS", "1") != "0" and shutil.which("valgrind"):
+            for side in sides:  # the same order as timed: a running deployment, bootstrap, status, down, up
+                counted[side.label] = {
+                    "noop_bootstrap": side.instructions(side.bootstrap_argv(), children=True),
+                    "status": side.instructions([side.python, "-m", "supervisor", "status"]),
+                    "down": side.instructions([side.python, "-m", "supervisor", "down"]),
+                    "up": side.instructions([side.python, "-m", "supervisor", "up"])}
         # up and down of a fake runtime alone (no model load): the supervisor's own cost
         for side in sides:
             side.run("destroy", "--yes", "--purge-models", check=False)
@@ -134,6 +167,12 @@ def main() -> None:
         print(f"{key:16s} {w['base_ms']:10.1f} {w['new_ms']:8.1f} {w['ratio']:6.2f}  "
               f"{w['paired_ratio']:6.2f} [{w['paired_90'][0]:.2f}, {w['paired_90'][1]:.2f}]   "
               f"{c['base_ms']:9.1f} {c['new_ms']:8.1f} {c['ratio']:6.2f}")
+    if counted:
+        print(f"\n{'command':16s} {'instructions base':>18s} {'new':>10s} {'ratio':>6s}   (valgrind, deterministic)")
+        for key, base_n in counted["base"].items():
+            new_n = counted["new"][key]
+            out[key]["instructions"] = {"base": base_n, "new": new_n, "ratio": round(new_n / base_n, 4)}
+            print(f"{key:16s} {base_n / 1e6:17.1f}M {new_n / 1e6:9.1f}M {new_n / base_n:6.3f}")
     print(json.dumps({"runs": RUNS, "commands": out}), file=sys.stderr)
 
 

@@ -41,6 +41,8 @@ VARIANT_VENDORS = {"cuda": ("nvidia",), "rocm": ("amd",), "metal": ("apple",), "
 
 @dataclass
 class BuiltFor:
+    """The host a bundle was built for: architecture, CPU level, GPU variants, Python, farmhand."""
+
     arch: str
     cpu_level: str
     cpu_flags: list[str]  # what the level assumes: the host must list every one
@@ -51,6 +53,8 @@ class BuiltFor:
 
 @dataclass
 class Manifest:
+    """A bundle's manifest.json: what it was built for, the plan inputs, every member's sha256."""
+
     built_for: BuiltFor
     profile: str
     overrides: dict | None
@@ -173,6 +177,15 @@ class Bundle:
     def install_files(self, key: str) -> list[str]:
         return list(self.manifest.installs[key]["files"])
 
+    def missing_build(self, key: str, backend: str, variant: str) -> EnvironmentProblem:
+        """The error for a plan that needs a build this bundle does not hold (a bundle never compiles)."""
+        held = ", ".join(f"{i['backend']} ({i['variant']}, {i.get('cpu_level') or '-'})"
+                         for i in self.manifest.installs.values()) or "no backend build"
+        return EnvironmentProblem(
+            f"the plan needs {backend} ({variant}) as install {key}, and bundle {self.path} holds {held}: "
+            "a bundle installs without building. Create a bundle for this host (farmhand bundle create OUT --replay "
+            "<a `farmhand detect --record` of it>), or run without --bundle to build here")
+
     def describe(self) -> str:
         b = self.manifest.built_for
         return (f"bundle {self.path.name}: farmhand {b.farmhand}, profile {self.manifest.profile}, {b.arch} "
@@ -197,12 +210,3 @@ class _MemberReader(io.RawIOBase):
     def close(self) -> None:
         self._fh.close()
         super().close()
-
-
-def missing_build(offline: Bundle, key: str, backend: str, variant: str) -> EnvironmentProblem:
-    held = ", ".join(f"{i['backend']} ({i['variant']}, {i.get('cpu_level') or '-'})"
-                     for i in offline.manifest.installs.values()) or "no backend build"
-    return EnvironmentProblem(
-        f"the plan needs {backend} ({variant}) as install {key}, and bundle {offline.path} holds {held}: "
-        "a bundle installs without building. Create a bundle for this host (farmhand bundle create OUT --replay "
-        "<a `farmhand detect --record` of it>), or run without --bundle to build here")

@@ -139,7 +139,7 @@ def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
 
     t0 = time.monotonic()
     found = locate(paths)
-    specs = statefiles.read_specs_or_none(paths)
+    runtime_ports = statefiles.runtime_ports(paths)
     result = {"stopped": False, "reaped": [], "seconds": 0.0}
     if found is not None:
         ident = found.ident
@@ -162,8 +162,8 @@ def down(paths: Paths, report=None, timeout: float = 60.0) -> dict:
         paths.supervisor_address.unlink(missing_ok=True)
         if paths.supervisor_lock.exists() and not is_held(paths.supervisor_lock):
             paths.supervisor_lock.unlink(missing_ok=True)
-    for runtime in specs.runtimes if specs else ():
-        ports.wait_free(runtime.port, 5.0)
+    for port in runtime_ports.values():
+        ports.wait_free(port, 5.0)
     result["seconds"] = round(time.monotonic() - t0, 4)
     return result
 

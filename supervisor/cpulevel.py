@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Level:
+    """A CPU level builds target: the CPU flags it assumes and the llama.cpp options for it."""
+
     name: str
     arch: str
     flags: tuple[str, ...]  # /proc/cpuinfo names the host must list (x86 "flags", arm64 "Features")

@@ -77,6 +77,7 @@ class Runtime:
             "probe_misses": self.misses,
             "last_probe_ms": self.last_probe_ms,
             "models": list(self.spec.models),
+            "models_url": self.spec.models_url or None,  # a router's GET /models (status asks it what is loaded)
             "last_error": self.last_error,
             "log": str(self.log.path),
             "log_tail": list(self.log.tail)[-10:] if self.state in (State.FAILED, State.BACKOFF, State.UNHEALTHY)

@@ -80,6 +80,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class RuntimeDecl:
+    """One runtime as the profile declares it, checked against its backend (declare.py)."""
+
     name: str
     backend: str
     variant: str
@@ -105,6 +107,8 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class Candidate:
+    """One entry of a role's `use` list: a catalogue model on a runtime, or a remote model."""
+
     model: str | None = None  # a catalogue name, served by `runtime`
     runtime: str | None = None
     remote: str | None = None  # or a remote model's name
@@ -118,6 +122,8 @@ class Candidate:
 
 @dataclass(frozen=True)
 class RoleDecl:
+    """A role (default, fast, embeddings, ...) and its candidates, best first."""
+
     name: str
     use: tuple[Candidate, ...]
     llamafarm: dict = field(default_factory=dict, compare=False)  # the LlamaFarm entry's own fields
@@ -142,6 +148,8 @@ def default_max_tokens(ctx_size: int) -> int:
 
 @dataclass(frozen=True)
 class RemoteDecl:
+    """A cloud model a role may fall back to; its key only ever as the name of an env var."""
+
     name: str
     provider: str
     model: str
@@ -161,6 +169,8 @@ class GatewayDecl:
 
 @dataclass(frozen=True)
 class DeploymentDecl:
+    """A profile's deployment, typed and cross-checked: runtimes, roles, remote models, models."""
+
     profile: str
     runtimes: dict[str, RuntimeDecl]
     roles: dict[str, RoleDecl]

@@ -30,9 +30,7 @@ def destroy(paths: Paths, purge_models: bool = False, lock=None) -> dict:
     ledger = Ledger(paths, tolerate_damage=True)
     removed_units = undeploy(paths, ledger)  # systemd stops its supervisor; then nothing restarts it
     client.down(paths)
-    if ledger.helpers():
-        process.reap_leftovers(ledger.helpers())
-        ledger.forget_helpers()
+    ledger.reap_helpers(process.reap_leftovers)
     sweep_temporaries(paths, list(ledger.projects()))
     removed, kept = list(removed_units), []
     if ledger.damaged:

@@ -41,6 +41,8 @@ class Stalled(Exception):
 
 @dataclass(frozen=True)
 class Policy:
+    """How downloads behave: chunk size, timeouts, what counts as a stall, retries (FARMHAND_FETCH_*)."""
+
     chunk: int = 1 << 20
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0  # a read that waits longer than this is a stall
@@ -82,6 +84,8 @@ class Expect:
 
 @dataclass
 class Result:
+    """A verified file: its digest and size, and what this run transferred to get it."""
+
     sha256: str
     size: int
     transferred: int  # bytes that crossed the network in this run

@@ -32,6 +32,8 @@ class GGUFError(ValueError):
 
 @dataclass(frozen=True)
 class GGUFInfo:
+    """What a GGUF header says about a model: architecture, context, shape, chat template."""
+
     version: int
     architecture: str | None
     name: str | None

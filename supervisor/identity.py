@@ -5,17 +5,18 @@ checks an identity against the live system."""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 SESSION_ENV = "FARMHAND_SESSION"  # the token every process of a farmhand-started session inherits
 CREATE_TIME_SLACK = 0.05  # psutil's create_time is derived from clock ticks: equal within this
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """Who a recorded process is: a pid alone names whoever holds that number now.
     `exe` and `token` are empty in records written before they existed: such a leader is
-    matched on pid + create_time alone, and such a session's members only while it lives."""
+    matched on pid + create_time alone, and such a session's members only while it lives.
+    (An immutable NamedTuple: every command reads one, and it costs a quarter of a frozen
+    dataclass to define; docs/architecture.md.)"""
 
     pid: int
     create_time: float
@@ -24,7 +25,7 @@ class Identity:
     token: str = ""
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, data: dict) -> Identity:

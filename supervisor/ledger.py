@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import projectfs
 from .errors import BadInput
@@ -137,17 +137,16 @@ class Ledger:
             self.data["helpers"] = [h for h in self.data.get("helpers", []) if h != ident]
             self.save()
 
-    def helpers(self) -> list[dict]:
-        """The helper processes an interrupted apply left recorded (process identities, for
-        process.reap_leftovers; the ledger itself never touches a process)."""
+    def reap_helpers(self, reap: Callable[[list[dict]], None]) -> None:
+        """Hand the helper processes an interrupted apply left recorded to `reap`
+        (process.reap_leftovers: the ledger itself never touches a process), then forget them. A
+        crash in between leaves them listed, to be reaped again."""
         with self._lock:
-            return list(self.data.get("helpers", []))
-
-    def forget_helpers(self) -> None:
-        """Once they are reaped: a crash before this leaves them listed, to be reaped again."""
+            helpers = list(self.data.get("helpers", []))
+        if not helpers:
+            return
+        reap(helpers)
         with self._lock:
-            if not self.data.get("helpers"):
-                return
             self.data["helpers"] = []
         self.save()
 

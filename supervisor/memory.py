@@ -36,6 +36,8 @@ def gib(n: float | None) -> str:
 
 @dataclass(frozen=True)
 class Device:
+    """A place models go: a GPU (by its position in `farmhand detect`) or system RAM, with its budget."""
+
     id: str  # "gpu0", "gpu1" (position in `farmhand detect`), "ram"
     kind: str  # "gpu" | "ram"
     name: str
@@ -52,6 +54,8 @@ class Device:
 
 @dataclass(frozen=True)
 class Estimate:
+    """The memory one model needs: weights, KV cache, overhead, and how each was found."""
+
     weights: int
     kv: int
     overhead: int
@@ -124,6 +128,8 @@ class Placement:
 
 @dataclass
 class Item:
+    """One line of a memory plan: what it is and its estimate."""
+
     label: str
     estimate: Estimate
 

@@ -6,17 +6,20 @@ memoised by file fingerprint or URL. selection.py asks it; tests give selection 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import gguf, installers, memo, portowners, ports, sources, stepids, store
 from .backends import Backend, get_backend
 from .backends.base import RunningServer
-from .bundle import Bundle
 from .deployment import ModelSpec, RuntimeDecl
 from .errors import EnvironmentProblem, FarmhandError
 from .ledger import Ledger
 from .paths import Paths
 from .selection import Oracle
 from .sources import hf
+
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from .bundle import Bundle
 
 
 def make_oracle(paths: Paths, ledger: Ledger, facts: dict, check_sources: bool = True, live: bool = True,

@@ -23,6 +23,8 @@ SOCKET_NAME_ROOM = 40  # what a runtime appends to its TMPDIR for a socket (a uu
 
 @dataclass(frozen=True)
 class Paths:
+    """Where farmhand keeps things on this host (its home, a user's dirs, or the system's)."""
+
     data: Path  # backends' prefixes and the model store
     state: Path  # ledger, logs, pid/lock files, supervisor address
     config: Path  # user overrides, supervisor settings

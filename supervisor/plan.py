@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from . import (
@@ -25,7 +26,6 @@ from . import (
     stepids,
     steps,
 )
-from .bundle import Bundle
 from .deployment import REMOTE_MAX_TOKENS, DeploymentDecl
 from .ledger import Ledger
 from .oracle import make_oracle
@@ -34,9 +34,14 @@ from .refs import env_ref
 from .render import SpecRenderer
 from .selection import Oracle, PlanRefused, PortAsk, Selection, select
 
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from .bundle import Bundle
+
 
 @dataclass
 class Plan:
+    """What `plan` decided and `apply` carries out: the profile chosen, the selection, the steps."""
+
     profile: dict
     match: profiles.Match
     matches: list[profiles.Match]

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class RestartPolicy:
+    """When the supervisor restarts a runtime that died, and when it gives up."""
+
     max_failures: int = 5
     window_s: float = 60.0
     backoff_initial_s: float = 0.5

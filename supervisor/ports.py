@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .errors import BadInput, Conflict
 
@@ -38,8 +37,9 @@ def validate(port: int, what: str = "port") -> int:
     return port
 
 
-@dataclass(frozen=True)
-class PortRequest:
+class PortRequest(NamedTuple):
+    """One port to assign: whose it is, its default, and an explicit ask with where it came from."""
+
     name: str  # a runtime's name, or "supervisor"
     default: int
     explicit: int | None = None  # asked for by the user or the profile: that port or an error

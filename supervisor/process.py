@@ -276,6 +276,8 @@ def signal_session(ident: Identity, sig: int) -> int:
 
 @dataclass
 class StopTarget:
+    """A process to stop: its identity, its Popen when it is our child, the signal and grace."""
+
     ident: Identity
     popen: subprocess.Popen | None
     sig: int

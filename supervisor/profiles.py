@@ -21,6 +21,8 @@ PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 @dataclass
 class Rule:
+    """One match rule of a profile against this host, with why it held or failed."""
+
     name: str
     holds: bool
     why: str
@@ -28,6 +30,8 @@ class Rule:
 
 @dataclass
 class Match:
+    """How a profile matched this host: every rule, and whether all held."""
+
     profile: dict
     rules: list[Rule] = field(default_factory=list)
 

@@ -84,6 +84,8 @@ class PortAsk:
 
 @dataclass
 class ServedModel:
+    """A model a runtime serves, with its roles, context size, memory estimate and source."""
+
     model: ModelSpec
     roles: list[str]
     ctx_size: int
@@ -116,6 +118,8 @@ class ServedModel:
 
 @dataclass
 class RuntimePlan:
+    """A runtime as selection placed it: backend, install, devices, models and port."""
+
     decl: RuntimeDecl
     backend: Backend
     install: InstallSpec
@@ -158,6 +162,8 @@ class RuntimePlan:
 
 @dataclass(frozen=True)
 class RoleBinding:
+    """Which runtime and model (or remote model) serve a role, and why."""
+
     role: str
     runtime: str | None
     model: str | None

@@ -20,6 +20,8 @@ LOG_BACKUPS = 3
 
 @dataclass(frozen=True)
 class RuntimeSpec:
+    """One runtime as the supervisor runs it (runtimes.json): argv, env, port, probes, policies."""
+
     name: str
     backend: str
     argv: tuple[str, ...]
@@ -105,6 +107,8 @@ class RuntimeSpec:
 
 @dataclass(frozen=True)
 class SupervisorSpec:
+    """Everything the supervisor runs, and where its own /health listens."""
+
     runtimes: tuple[RuntimeSpec, ...]
     host: str = LOOPBACK
     port: int = 0  # the supervisor's /health; 0: any free port

@@ -11,14 +11,16 @@ record (the process identities are checked again before anyone is signalled)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import BadInput
 from .fsio import atomic_write
 from .identity import Identity
 from .paths import Paths
-from .specs import SupervisorSpec
+
+if TYPE_CHECKING:
+    from .specs import SupervisorSpec
 
 
 def _json(path: Path):
@@ -29,8 +31,7 @@ def _json(path: Path):
         return None
 
 
-@dataclass(frozen=True)
-class SupervisorRecord:
+class SupervisorRecord(NamedTuple):
     """The running supervisor: who it is and where its /health listens. `damaged` says why its
     record file could not be used when it was found by the lock it holds instead."""
 
@@ -85,6 +86,8 @@ def write_processes(paths: Paths, idents: dict[str, Identity]) -> None:
 
 def read_specs(paths: Paths) -> SupervisorSpec | None:
     """The runtime specs apply rendered; None when there are none; BadInput when damaged."""
+    from .specs import SupervisorSpec  # its types' set-up costs more than the record reads beside it
+
     data = _json(paths.runtimes)
     if data is None:
         if paths.runtimes.exists():
@@ -95,6 +98,19 @@ def read_specs(paths: Paths) -> SupervisorSpec | None:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BadInput(f"{paths.runtimes}: damaged ({type(exc).__name__}: {exc}); run `farmhand apply` to write it "
                        "again") from None
+
+
+def runtime_ports(paths: Paths) -> dict[str, int]:
+    """The port of each runtime in the specs apply rendered, by name ({} when missing or damaged):
+    what `down` waits on to be free, without the specs' types."""
+    data = _json(paths.runtimes)
+    ports = {}
+    for runtime in (data.get("runtimes") if isinstance(data, dict) else None) or ():
+        try:
+            ports[str(runtime["name"])] = int(runtime["port"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return ports
 
 
 def read_specs_or_none(paths: Paths) -> SupervisorSpec | None:

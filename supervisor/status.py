@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from . import endpoint, statefiles
+from . import client, endpoint, statefiles
 from .paths import Paths
 from .ports import GATEWAY as GATEWAY_RUNTIME
 
@@ -19,8 +19,6 @@ def status_body(paths: Paths) -> dict:
     """The supervisor's view (or the specs when it is down) plus every role, local and remote."""
     body = endpoint.health(paths)  # the common case: a record read and one request
     if body is None:
-        from . import client  # psutil: only when the record does not lead to the supervisor
-
         body = client.health(paths)  # a damaged or lost record: the supervisor found by its lock
     if body is None:
         specs = statefiles.read_specs_or_none(paths)
@@ -30,7 +28,7 @@ def status_body(paths: Paths) -> dict:
             {"name": r.name, "backend": r.backend, "state": state, "pid": None, "port": r.port,
              "uptime_s": 0, "restarts": 0, "last_probe_ms": None, "models": list(r.models),
              "devices": list(r.devices), "last_error": None} for r in (specs.runtimes if specs else ())]}
-    _router_models(paths, body)
+    _router_models(body)
     record = statefiles.read_deployment(paths)
     states = {r["name"]: r["state"] for r in body["runtimes"]}
     body["roles"], body["warnings"] = [], []
@@ -55,12 +53,11 @@ def status_body(paths: Paths) -> dict:
     return body
 
 
-def _router_models(paths: Paths, body: dict) -> None:
-    """A router's runtime entry gains `loaded`: which of its models are in memory now (its GET /models)."""
-    specs = statefiles.read_specs_or_none(paths)
-    routers = {r.name: r.models_url for r in (specs.runtimes if specs else ()) if r.models_url}
+def _router_models(body: dict) -> None:
+    """A router's runtime entry gains `loaded`: which of its models are in memory now (its GET /models,
+    at the address the supervisor's /health gives; a runtime that is not ready is not asked)."""
     for entry in body["runtimes"]:
-        url = routers.get(entry["name"])
+        url = entry.get("models_url")
         if not url or entry.get("state") != "ready":
             continue
         where = urlparse(url)

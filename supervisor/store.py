@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import fetcher, sources, statefiles
-from .bundle import Bundle
 from .deployment import ModelSpec
 from .errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from .fetcher import sha256_file as digest
 from .fsio import file_fingerprint, fingerprint_matches
 from .paths import private_dir
 from .sources.file import local_path, not_regular
+
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from .bundle import Bundle
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 1 << 20

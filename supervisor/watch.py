@@ -23,6 +23,8 @@ HEADERS = ("RUNTIME", "STATE", "RESTARTS", "TOK/S", "RSS", "UPTIME")
 
 @dataclass(frozen=True)
 class WatchRow:
+    """One runtime's line in `status --watch`."""
+
     runtime: str
     state: str
     restarts: int

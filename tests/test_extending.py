@@ -1,6 +1,6 @@
 """README's "Add a backend" walkthrough is true: a copy of the package with nothing but the
-walkthrough's backend file and its two registry lines plans a runtime of the new backend, and
-no other file of the package had to change."""
+walkthrough's backend file and its registry line plans a runtime of the new backend, and no
+other file of the package had to change; and each registry line loads its plugin, when asked."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 from planning import host
 
@@ -46,11 +47,11 @@ def test_a_backend_is_one_file_and_a_registry_line(tmp_path):
         shutil.copytree(REPO / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "supervisor/backends/llamafile.py").write_text(blocks["supervisor/backends/llamafile.py"])
     registry = copy / "supervisor/backends/__init__.py"
-    import_line, backends_line = blocks["supervisor/backends/__init__.py"].strip().splitlines()
+    (registry_line,) = blocks["supervisor/backends/__init__.py"].strip().splitlines()
     text = registry.read_text()
-    assert text.count("\nREGISTERED = (") == 1, "the registry line the walkthrough replaces moved"
-    text = re.sub(r"^REGISTERED = \(.*$", backends_line, text, count=1, flags=re.M)
-    text = text.replace("from .vllm import Vllm\n", f"from .vllm import Vllm\n{import_line}\n")
+    listing = re.search(r"^REGISTERED: dict\[str, str\] = \{\n(?:    .*\n)+\}\n", text, flags=re.M)
+    assert listing, "the registry the walkthrough adds a line to moved"
+    text = text[:listing.end() - 2] + f"    {registry_line}\n" + text[listing.end() - 2:]
     registry.write_text(text)
 
     assert _changed(REPO / "supervisor", copy / "supervisor") == ["backends/__init__.py", "backends/llamafile.py"]
@@ -73,3 +74,24 @@ def test_a_backend_is_one_file_and_a_registry_line(tmp_path):
     assert argv[argv.index("--port") + 1] == "11570" and argv[argv.index("--host") + 1] == "127.0.0.1", argv
     assert argv[argv.index("-m") + 1].endswith("gemma-3-270m-q4_k_m.gguf"), argv
     assert runtime["url"] == "http://127.0.0.1:11570/v1"
+
+
+@pytest.mark.parametrize("registry", ["backends", "installers"])
+def test_every_registry_line_names_its_class(registry):
+    from supervisor.backends import BACKENDS
+    from supervisor.installers import INSTALLERS
+
+    plugins, attr = {"backends": (BACKENDS, "name"), "installers": (INSTALLERS, "method")}[registry]
+    wrong = {name: getattr(plugins[name], attr) for name in plugins if getattr(plugins[name], attr) != name}
+    assert not wrong, f"{registry}: listed under one name, called another: {wrong}"
+
+
+def test_a_plugin_module_loads_when_its_name_is_first_asked_for():
+    probe = ("import sys; from supervisor.backends import BACKENDS, get_backend; "
+             "listed = 'vllm' in BACKENDS and 'vllm' in list(BACKENDS); "
+             "before = 'supervisor.backends.vllm' in sys.modules; get_backend('vllm'); "
+             "print(listed, before, 'supervisor.backends.vllm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "True"], (
+        f"(listed, loaded before the lookup, loaded after): {out.stdout.strip()}")

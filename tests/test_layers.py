@@ -21,7 +21,7 @@ PACKAGE = REPO / "supervisor"
 LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"supervisor", "errors", "paths", "cpulevel", "policy", "states", "notify", "progress", "projectfs",
               "process", "fsio", "memo", "yamlio", "gguf", "runlog", "health", "lock", "specs", "ports", "refs",
-              "stepids", "statefiles", "identity", "readiness", "shm", "observed"}),
+              "stepids", "statefiles", "identity", "readiness", "shm", "observed", "registry"}),
     ("runtime", {"daemon", "client", "endpoint", "metrics", "watch"}),
     ("facts", {"facts", "facts.hostio", "facts.parsers", "facts.probes"}),
     ("world", {"fetcher", "extract", "sources", "sources.base", "sources.file", "sources.hf", "sources.http",
@@ -49,8 +49,11 @@ ALLOWED_LOCAL = {
               "otherwise (bench/revisions.py up_fake)",
     "client": "psutil (process) loads only when a record or a lock holder needs checking: an `up` that finds "
               "nothing running reads two files and /proc/locks, ~25 ms less (bench/revisions.py up_fake)",
-    "status": "the common case is a record read and one request: psutil (client) loads only when the record does "
-              "not lead to the supervisor, the backends only for a server farmhand uses but does not run (bench/)",
+    "status": "the common case is a record read and one request: the backends load only for a server farmhand "
+              "uses but does not run (bench/)",
+    "statefiles": "the runtime specs' types (specs, policy: three frozen dataclasses, most of a `status`'s own "
+                  "instructions) load only for a command that reads the whole runtimes.json; `status` on a running "
+                  "supervisor and `down` read the record, processes.json and the ports (bench/revisions.py)",
 }
 
 

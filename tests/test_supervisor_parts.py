@@ -239,3 +239,25 @@ def test_shared_memory_a_runtime_left_is_removed_only_when_nothing_uses_it(tmp_p
         holder.wait()
         for name in (left, held, foreign):
             (shm.SHM / name).unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"runtimes": [{"name": "a", "port": 11434}, {"name": "b", "port": "8081"}]}', {"a": 11434, "b": 8081}),
+    ('{"runtimes": [{"name": "a"}, {"port": 1}, "junk", {"name": "c", "port": 9000}]}', {"c": 9000}),
+    ('{"runtimes": {"a": {"port": 1}}}', {}),
+    ('{"runtimes": "x"}', {}),
+    ("[1, 2]", {}),
+    ("not json", {}),
+    (None, {}),
+])
+def test_down_reads_the_runtime_ports_from_any_runtimes_json_without_failing(tmp_path, text, expected):
+    """`down` waits on each runtime's port to be free; a damaged runtimes.json gives the ports it
+    still names, never an error (down must work whatever state it finds)."""
+    from supervisor.paths import Paths
+    from supervisor.statefiles import runtime_ports
+
+    paths = Paths(tmp_path / "data", tmp_path / "state", tmp_path / "config", tmp_path / "cache", "home")
+    if text is not None:
+        paths.runtimes.parent.mkdir(parents=True, exist_ok=True)
+        paths.runtimes.write_text(text)
+    assert runtime_ports(paths) == expected, f"runtimes.json {text!r}"

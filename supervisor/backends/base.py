@@ -167,6 +167,8 @@ class ModelStore:
 
 @dataclass
 class Launch:
+    """What a backend starts for a LaunchRequest: argv and env, and notes for the plan to show."""
+
     argv: list[str]
     env: dict[str, str]
     notes: tuple[str, ...] = ()  # what the plan should tell about choices made here

@@ -47,15 +47,16 @@ def home_lock(paths, command: str, no_wait: bool):
         ledger = Ledger(paths, tolerate_damage=command in ("down", "destroy"))
         if ledger.damaged:
             click.echo(f"farmhand: warning: {ledger.damaged}", err=True)
-        helpers = ledger.helpers()
-        if helpers:
-            from ..process import reap_leftovers  # psutil: only when an interrupted apply left helpers
-
-            reap_leftovers(helpers)
-            ledger.forget_helpers()
+        ledger.reap_helpers(_reap_leftovers)
         projects = list(ledger.projects())
     sweep_temporaries(paths, projects)
     return lock
+
+
+def _reap_leftovers(helpers: list[dict]) -> None:
+    from ..process import reap_leftovers  # psutil: only when an interrupted apply left helpers
+
+    reap_leftovers(helpers)
 
 
 NO_WAIT = click.option("--no-wait", is_flag=True,

@@ -128,7 +128,7 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     check_fetch_env()
     import time
 
-    from .. import bundle, engine
+    from .. import engine
     from ..progress import Reporter
     from ..steps import Context
 
@@ -136,7 +136,11 @@ def apply(ctx, profile, overrides, port, reselect, project_dir, as_json, profile
     project = project_dir_of(project_dir)
     home_lock(paths_of(ctx), "apply", no_wait)
     facts = gather_facts(paths_of(ctx), replay=replay, facts_file=facts_file)
-    bundled = bundle.Bundle(Path(bundle_file)) if bundle_file else None
+    bundled = None
+    if bundle_file:
+        from ..bundle import Bundle
+
+        bundled = Bundle(Path(bundle_file))
     if bundled is not None:
         bundled.check(facts)
         facts["build"] = {"cpu_level": bundled.manifest.built_for.cpu_level}

@@ -24,6 +24,8 @@ INDEX = "host.json"
 
 @dataclass(frozen=True)
 class CommandResult:
+    """What one probe command returned (or why it did not run), as recorded for replay."""
+
     argv: tuple[str, ...]
     returncode: int | None
     stdout: str

@@ -14,10 +14,10 @@ module with an Installer subclass (installers/base.py) and name it in INSTALLERS
 
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING
 
-from ..bundle import Bundle
 from ..errors import BadInput
+from ..registry import Registry
 from .base import (  # noqa: F401 - the installers' shared contract, named where callers look for it
     LIVE,
     Installer,
@@ -27,16 +27,18 @@ from .base import (  # noqa: F401 - the installers' shared contract, named where
     staged,
 )
 
-# method -> "module:Installer class". A method's module is loaded the first time a runtime
-# uses it: a no-op apply of a pip-installed llama-server never loads the archive installer's
-# tar/zip/download machinery (a registry of plugins, the way ramalama loads its transports).
-INSTALLERS: dict[str, str] = {
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from ..bundle import Bundle
+
+# method (the class's `method`) -> "module:Installer class". A method's module is loaded the first
+# time a runtime uses it: a no-op apply of a pip-installed llama-server never loads the archive
+# installer's tar/zip/download machinery (registry.py).
+INSTALLERS: Registry[Installer] = Registry(__name__, {
     "path": "path:PathInstaller",
     "pip": "pip:PipInstaller",
     "archive": "archive:ArchiveInstaller",
     "external": "external:ExternalInstaller",
-}
-_loaded: dict[str, Installer] = {}
+}, key_attr="method")
 
 
 def problem_of(spec: InstallSpec, tools, offline: Bundle | None = None) -> str | None:
@@ -52,10 +54,6 @@ def problem_of(spec: InstallSpec, tools, offline: Bundle | None = None) -> str |
 
 def get(method: str) -> Installer:
     """The installer for `method`, its module loaded on first use."""
-    if method not in _loaded:
-        try:
-            module, cls = INSTALLERS[method].split(":")
-        except KeyError:
-            raise BadInput(f"unknown install method {method!r}; known: {', '.join(sorted(INSTALLERS))}") from None
-        _loaded[method] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
-    return _loaded[method]
+    if method not in INSTALLERS:
+        raise BadInput(f"unknown install method {method!r}; known: {', '.join(sorted(INSTALLERS))}")
+    return INSTALLERS[method]

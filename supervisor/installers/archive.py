@@ -17,9 +17,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import extract, stepids
-from ..bundle import Bundle, missing_build
 from ..errors import BadInput, FarmhandError, VerificationFailed
 from ..fetcher import Expect, FetchFailed, copy_from, download, sha256_file
 from ..fsio import ensure_dir
@@ -28,9 +28,14 @@ from ..refs import is_sha256
 from ..sources import check_uri, get
 from .base import Installer, InstallSpec, staged
 
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from ..bundle import Bundle
+
 
 @dataclass(frozen=True)
 class Archive:
+    """One release archive: where it is, and its sha256 when pinned."""
+
     url: str
     sha256: str | None  # None: looked up in the release's checksum file
 
@@ -176,7 +181,7 @@ class ArchiveInstaller(Installer):
             return archives
         if offline is not None:  # the digests the bundle was made with: no checksum file to fetch
             if not offline.holds_install(spec.key):
-                raise missing_build(offline, spec.key, spec.backend, spec.variant)
+                raise offline.missing_build(spec.key, spec.backend, spec.variant)
             digests = offline.manifest.installs[spec.key].get("archives", {})
             return [Archive(a.url, a.sha256 or digests.get(a.name)) for a in archives]
 

@@ -10,10 +10,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..bundle import Bundle
 from ..paths import Paths
+
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from ..bundle import Bundle
 
 _MAPPING = "\0mapping"  # marks a frozen dict, so a list of pairs is never taken for one
 

@@ -5,6 +5,7 @@ never declared."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -23,11 +24,13 @@ class RunningServer(Protocol):
     def start_advice(self) -> str: ...
 
 
-SERVERS: dict[str, RunningServer] = {}
+SERVERS: Mapping[str, RunningServer] = {}
 
 
-def register(backend: str, server: RunningServer) -> None:
-    SERVERS[backend] = server
+def register(servers: Mapping[str, RunningServer]) -> None:
+    """backends/__init__.py hands over its registry: backend name -> backend, loaded on first use."""
+    global SERVERS
+    SERVERS = servers
 
 
 class ExternalInstaller(Installer):

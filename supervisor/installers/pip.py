@@ -17,14 +17,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import stepids
-from ..bundle import Bundle, missing_build
 from ..errors import EnvironmentProblem, FarmhandError, VerificationFailed
 from ..fsio import ensure_dir
 from ..paths import Paths, private_dir
 from ..process import run_captured, run_lines
 from .base import LIVE, Installer, InstallSpec, missing_tools, staged
+
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from ..bundle import Bundle
 
 CMAKE_PERCENT = re.compile(r"^\s*\[\s*(\d+)%\]\s*(.*)")
 
@@ -131,7 +134,7 @@ class PipInstaller(Installer):
             return existing[0]
         if offline is not None:
             if not offline.holds_install(spec.key):
-                raise missing_build(offline, spec.key, spec.backend, spec.variant)
+                raise offline.missing_build(spec.key, spec.backend, spec.variant)
             ensure_dir(target, ledger, stepids.install(spec.key))
             private_dir(target)
             member = offline.install_files(spec.key)[0]

@@ -25,6 +25,8 @@ from .http import head
 
 @dataclass(frozen=True)
 class HfFile:
+    """A file in a Hugging Face repository at a revision (hf://REPO/FILE[@REV])."""
+
     repo: str
     file: str
     revision: str

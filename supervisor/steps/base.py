@@ -6,15 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 
-from ..bundle import Bundle
 from ..ledger import Ledger
 from ..paths import Paths
+
+if TYPE_CHECKING:  # annotations only: a bundle's reader loads for `apply --bundle` alone
+    from ..bundle import Bundle
 
 
 @dataclass
 class Context:
+    """What every step is given: paths, the ledger, the reporter, the project, the bundle."""
+
     paths: Paths
     ledger: Ledger
     report: object
@@ -25,6 +29,8 @@ class Context:
 
 @dataclass
 class Status:
+    """A step's verdict before it runs: up to date or not, and what it would do."""
+
     up_to_date: bool
     detail: str
 
